@@ -1,0 +1,660 @@
+"""Data loading, plotting and small I/O helpers shared by the scripts of this collection.
+
+Nothing here trains anything: every model file keeps its own networks, losses and loop
+(see CONVENTIONS.md). What lives here:
+
+- arguments: validated flag types, the flags every image script accepts, resume of flags;
+- data: MNIST, Fashion-MNIST and CIFAR-10 decoded once into one uint8 tensor and served as
+  shuffled batches by index (on the GPU when training there); CelebA and any folder of
+  images through a DataLoader with workers; a clear message when data is missing;
+- output: image grids, GIFs, loss plots, latent interpolation, PNG files for `--generate`,
+  a CSV log with a progress line, atomic checkpoints, RNG state, device choice.
+"""
+
+import argparse
+import csv
+import math
+import os
+import pickle
+import random
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+IMAGE_DATASETS = ("mnist", "fashion-mnist", "cifar10", "celeba", "folder")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+CLASS_NAMES = {
+    "mnist": [str(i) for i in range(10)],
+    "fashion-mnist": [
+        "tshirt",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "boot",
+    ],
+    "cifar10": ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
+}
+
+
+def fail(message):
+    """Stop with a one-line message and exit code 1, without a traceback."""
+    raise SystemExit(f"error: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+# ---------------------------------------------------------------------------------------------
+
+
+def _typed(cast, test, words):
+    def parse(text):
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {cast.__name__}") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} must be {words}")
+        return value
+
+    return parse
+
+
+positive_int = _typed(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _typed(int, lambda v: v >= 0, "zero or more")
+positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
+
+
+def add_common_flags(parser, script, *, lr, batch, hidden_dim, critic_repeats, zdim=100, epochs=25):
+    """The flags CONVENTIONS.md promises on every image script, with this model's defaults."""
+    p = parser.add_argument
+    p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
+    p("--zdim", type=positive_int, default=zdim, help=f"latent size (default {zdim})")
+    p("--lr", type=positive_float, default=lr, help=f"learning rate (default {lr}, the paper's)")
+    p("--batch", type=positive_int, default=batch, help=f"batch size (default {batch})")
+    p("--hidden_dim", type=positive_int, default=hidden_dim, help=f"base width (default {hidden_dim})")
+    p(
+        "--critic_repeats",
+        type=positive_int,
+        default=critic_repeats,
+        help=f"discriminator/critic updates per generator update (default {critic_repeats})",
+    )
+    p(
+        "--device",
+        default="auto",
+        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default auto)",
+    )
+    p("--dataset", choices=IMAGE_DATASETS, default="mnist", help="training data (default mnist)")
+    p("--data_root", default="./data", help="where datasets live or are downloaded to (default ./data)")
+    p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
+    p(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds torch, numpy and python; same seed on CPU = same run (default 0)",
+    )
+    p(
+        "--max_steps",
+        type=positive_int,
+        default=None,
+        help="stop after this many generator updates (default: none)",
+    )
+    p("--resume", default=None, help="checkpoint to continue from exactly where it stopped (default: none)")
+    p(
+        "--generate",
+        type=positive_int,
+        default=None,
+        help="with --resume: write N samples to OUT/generated/ and exit",
+    )
+    p(
+        "--sample_every",
+        type=positive_int,
+        default=None,
+        help="sample grid every N steps (default: each epoch)",
+    )
+    p(
+        "--log_every",
+        type=positive_int,
+        default=50,
+        help="log.csv row and progress every N steps (default 50)",
+    )
+    p(
+        "--workers",
+        type=nonnegative_int,
+        default=None,
+        help="DataLoader workers for celeba/folder (default: cores)",
+    )
+
+
+def explicit_flags(parser, argv):
+    """The destinations the user actually wrote on the command line (not defaults)."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for action in parser._actions:
+            action.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for action in parser._actions:
+            action.default = saved[action.dest]
+
+
+def parse_args(parser, argv):
+    """Parse, then with --resume take every flag the user did not write from the checkpoint."""
+    args = parser.parse_args(argv)
+    if args.generate is not None and args.resume is None:
+        parser.error("--generate needs --resume CHECKPOINT (the model to sample from)")
+    if args.resume is not None:
+        given = explicit_flags(parser, argv)
+        saved = load_checkpoint_file(args.resume)["args"]
+        for key, value in saved.items():
+            if key not in given and key not in ("resume", "generate") and hasattr(args, key):
+                setattr(args, key, value)
+    return args
+
+
+def check_checkpoint(ckpt, script, args, shape_flags):
+    """Refuse a checkpoint written by another script, or one whose networks have other shapes."""
+    made = ckpt.get("args", {})
+    flags = " ".join(f"--{k} {made[k]}" for k in shape_flags if k in made)
+    if ckpt.get("script") != script:
+        fail(
+            f"{args.resume} was written by {ckpt.get('script', 'another program')} ({flags}), not by {script}"
+        )
+    differ = [k for k in shape_flags if k in made and made[k] != getattr(args, k)]
+    if differ:
+        asked = " ".join(f"--{k} {getattr(args, k)}" for k in differ)
+        fail(f"{args.resume} was made by {script} with {flags}; this run asks for {asked}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Device, seeds, checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def pick_device(name):
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        fail(f"--device {name}: not a device (use auto, cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        fail(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        fail(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy
+
+        numpy.random.seed(seed % 2**32)
+    except ImportError:
+        pass
+
+
+def rng_state():
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy
+
+        state["numpy"] = numpy.random.get_state()
+    except ImportError:
+        pass
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy
+
+        numpy.random.set_state(state["numpy"])
+
+
+def save_checkpoint(path, state):
+    """Write atomically: a temporary file in the same folder, then a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({**state, "rng": rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint_file(path):
+    if not os.path.isfile(path):
+        fail(f"--resume {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: say so in one line
+        fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}: {e})")
+
+
+class StopRequest:
+    """Ctrl-C sets a flag that the loop reads between steps, so the checkpoint is at a step boundary.
+
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._previous = signal.getsignal(signal.SIGINT)
+        try:
+            signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread (e.g. some test runners): Ctrl-C behaves as usual
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step, saving a checkpoint and the plots (again to abort)", flush=True)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+
+
+def _missing(name, folder, files, where):
+    fail(
+        f"{name} is not in {folder} and could not be downloaded (no network?). "
+        f"Put {', '.join(files)} in {folder} (from {where}) and run again."
+    )
+
+
+def _load_mnist(kind, root, download):
+    from torchvision import datasets
+
+    cls = datasets.MNIST if kind == "mnist" else datasets.FashionMNIST
+    try:
+        ds = cls(root, train=True, download=download)
+    except Exception:  # torchvision raises RuntimeError, URLError or OSError depending on what failed
+        files = ["train-images-idx3-ubyte(.gz)", "train-labels-idx1-ubyte(.gz)", "t10k-*-ubyte(.gz)"]
+        where = (
+            "https://yann.lecun.com/exdb/mnist/"
+            if kind == "mnist"
+            else "github.com/zalandoresearch/fashion-mnist"
+        )
+        _missing(cls.__name__, os.path.join(root, cls.__name__, "raw"), files, where)
+    return ds.data.unsqueeze(1), ds.targets.long()
+
+
+def _load_cifar10(root, download):
+    folder = Path(root) / "cifar-10-batches-py"
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    if not all((folder / n).is_file() for n in names):
+        from torchvision import datasets
+
+        try:
+            datasets.CIFAR10(root, train=True, download=download)
+        except Exception:
+            _missing("CIFAR-10", folder, names, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+        if not all((folder / n).is_file() for n in names):
+            _missing("CIFAR-10", folder, names, "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    images, labels = [], []
+    for n in names:  # the python pickles, read directly: one array per file, no per-image work
+        with open(folder / n, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(torch.as_tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
+        labels.append(torch.as_tensor(batch["labels"]))
+    return torch.cat(images), torch.cat(labels).long()
+
+
+def load_tensor_dataset(name, root, image_size, classes=None, download=True):
+    """MNIST, Fashion-MNIST or CIFAR-10 as (uint8 images N x C x S x S, int64 labels), resized once."""
+    if name in ("mnist", "fashion-mnist"):
+        images, labels = _load_mnist(name, root, download)
+    elif name == "cifar10":
+        images, labels = _load_cifar10(root, download)
+    else:
+        raise ValueError(f"{name} is not a tensor dataset")
+    if classes is not None:
+        keep = torch.isin(labels, torch.as_tensor(list(classes)))
+        images, labels = images[keep], labels[keep]
+        if len(images) == 0:
+            fail(f"{name} in {root} has no images of class(es) {list(classes)}")
+    if images.shape[-1] != image_size:
+        resized = []
+        for chunk in images.split(4096):
+            x = F.interpolate(chunk.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
+            resized.append(x.round_().clamp_(0, 255).to(torch.uint8))
+        images = torch.cat(resized)
+    return images.contiguous(), labels
+
+
+class TensorBatches:
+    """Shuffled batches of a uint8 image tensor kept on the training device, scaled to [-1, 1].
+
+    The order of epoch e depends only on (seed, e), so a run resumed mid-epoch sees the same
+    batches as one that never stopped. A partial last batch is dropped (BatchNorm wants full
+    batches), unless the data set is smaller than one batch."""
+
+    def __init__(self, images, batch, device, seed=0):
+        self.images = images.to(device)
+        self.batch = min(batch, len(images))
+        self.seed = seed
+        self.channels = images.shape[1]
+
+    def __len__(self):
+        return len(self.images) // self.batch
+
+    def batches(self, epoch, start=0):
+        order = torch.randperm(
+            len(self.images), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        )
+        order = order.to(self.images.device)
+        for i in range(start, len(self)):
+            idx = order[i * self.batch : (i + 1) * self.batch]
+            yield self.images[idx].float().div_(127.5).sub_(1.0)
+
+
+def list_images(folder):
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Every image under a folder, nested or flat: resized (short side) and center-cropped to size."""
+
+    def __init__(self, files, image_size, channels):
+        from torchvision import transforms
+
+        self.files = files
+        self.mode = "L" if channels == 1 else "RGB"
+        self.transform = transforms.Compose(
+            [
+                transforms.Resize(image_size),
+                transforms.CenterCrop(image_size),
+                transforms.PILToTensor(),
+            ]
+        )
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            return self.transform(im.convert(self.mode))
+
+
+class FolderBatches:
+    """Large image folders (CelebA, your own data) through a DataLoader with workers.
+
+    Same interface and same resumable order as TensorBatches; decoding happens in the workers."""
+
+    def __init__(self, files, image_size, batch, device, seed=0, workers=None):
+        from PIL import Image
+
+        with Image.open(files[0]) as im:
+            self.channels = 1 if im.mode in ("L", "LA", "I", "I;16", "1") else 3
+        self.dataset = ImageFiles(files, image_size, self.channels)
+        self.batch = min(batch, len(files))
+        self.device = device
+        self.seed = seed
+        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+
+    def __len__(self):
+        return len(self.dataset) // self.batch
+
+    def batches(self, epoch, start=0):
+        order = torch.randperm(
+            len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        )
+        order = order[start * self.batch : len(self) * self.batch].tolist()
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.batch,
+            sampler=order,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+        for x in loader:
+            yield x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def _celeba_folder(root):
+    """CelebA's aligned images: torchvision's layout (root/celeba/img_align_celeba) or a plain folder."""
+    for candidate in (
+        Path(root) / "celeba" / "img_align_celeba",
+        Path(root) / "img_align_celeba",
+        Path(root),
+    ):
+        if candidate.is_dir() and list_images(candidate)[:1]:
+            return candidate
+    fail(
+        f"CelebA is not in {root}: put the aligned images (img_align_celeba/*.jpg, from "
+        f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html or Kaggle's 'celeba-dataset') in "
+        f"{Path(root) / 'celeba' / 'img_align_celeba'} and run again"
+    )
+
+
+def make_batches(args, device, classes=None):
+    """The training data chosen by --dataset, --data_root, --image_size and --batch."""
+    if args.dataset in ("mnist", "fashion-mnist", "cifar10"):
+        images, _ = load_tensor_dataset(args.dataset, args.data_root, args.image_size, classes)
+        return TensorBatches(images, args.batch, device, args.seed)
+    if classes is not None:
+        fail(f"--dataset {args.dataset} has no class labels")
+    folder = _celeba_folder(args.data_root) if args.dataset == "celeba" else Path(args.data_root)
+    files = list_images(folder)
+    if not files:
+        fail(f"--data_root {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below it")
+    return FolderBatches(files, args.image_size, args.batch, device, args.seed, args.workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: logs, grids, GIFs, plots, PNG files
+# ---------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Losses summed on the device each step and read every `every` steps: one host sync per log row.
+
+    Each row goes to log.csv (step, epoch, mean losses, images/s, elapsed seconds); a progress line
+    goes to the console at most every `print_seconds`. A non-finite loss stops training with its step."""
+
+    def __init__(self, out, total_steps, every, start_step=0, resume_elapsed=0.0, print_seconds=5.0):
+        self.path = Path(out) / "log.csv"
+        self.total, self.every, self.print_seconds = total_steps, every, print_seconds
+        self.first_step = start_step
+        self.sums, self.count, self.images = {}, 0, 0
+        self.elapsed0 = resume_elapsed
+        self.start = self.mark = time.perf_counter()
+        self.last_print = -math.inf
+        self.fields = None
+
+    def add(self, images, **losses):
+        for k, v in losses.items():
+            v = v.detach().float()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.count += 1
+        self.images += images
+
+    def elapsed(self):
+        return self.elapsed0 + time.perf_counter() - self.start
+
+    def step(self, step, epoch, force=False, **extra):
+        """Call after each generator step; writes a row every `every` steps (or when forced)."""
+        if self.count == 0 or (step % self.every and not force and step != self.total):
+            return None
+        keys = list(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist()  # the one sync
+        row = {k: v / self.count for k, v in zip(keys, values)}
+        for k, v in row.items():
+            if not math.isfinite(v):
+                fail(f"{k} became {v} at step {step}; stopped (the last checkpoint is left as it was)")
+        now = time.perf_counter()
+        rate = self.images / max(now - self.mark, 1e-9)
+        row = {
+            "step": step,
+            "epoch": epoch,
+            **row,
+            **extra,
+            "images_per_s": rate,
+            "elapsed_s": self.elapsed(),
+        }
+        self._write(row)
+        self.sums, self.count, self.images, self.mark = {}, 0, 0, now
+        if force or step == self.total or now - self.last_print >= self.print_seconds:
+            self.last_print = now
+            left = (self.total - step) * (self.elapsed() - self.elapsed0) / max(step - self.first_step, 1)
+            losses = "  ".join(
+                f"{k} {v:.4f}"
+                for k, v in row.items()
+                if k not in ("step", "epoch", "elapsed_s", "images_per_s")
+            )
+            print(
+                f"epoch {epoch}  step {step}/{self.total}  {losses}  {rate:,.0f} img/s  "
+                f"elapsed {_hms(self.elapsed())}  left {_hms(left)}",
+                flush=True,
+            )
+        return row
+
+    def _write(self, row):
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if self.fields is None:
+            self.fields = list(row)
+            if not new:
+                with open(self.path) as f:
+                    self.fields = next(csv.reader(f), self.fields)
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+
+def truncate_log(out, step):
+    """On resume: drop log rows written after the checkpoint's step (a run killed after its last save)."""
+    path = Path(out) / "log.csv"
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def read_log(out):
+    path = Path(out) / "log.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+
+
+def _hms(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(out, keys, path=None, title=None):
+    """Plot the logged columns `keys` (lists of column names share one panel) against the step."""
+    plt = _pyplot()
+    rows = read_log(out)
+    if not rows:
+        return
+    panels = [k if isinstance(k, (list, tuple)) else [k] for k in keys]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+    steps = [r["step"] for r in rows]
+    for ax, panel in zip(axes[:, 0], panels):
+        for k in panel:
+            if k in rows[0]:
+                ax.plot(steps, [r.get(k, math.nan) for r in rows], label=k, lw=1)
+        ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("generator step")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(path or Path(out) / "losses.png", dpi=100)
+    plt.close(fig)
+
+
+def save_grid(images, path, nrow=8):
+    """Save images in [-1, 1] (N x C x H x W) as one PNG grid."""
+    from torchvision.utils import save_image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(images.detach().float().cpu(), path, nrow=nrow, normalize=True, value_range=(-1, 1), padding=2)
+
+
+def save_gif(frames, path, ms_per_frame=200):
+    """An animation of the PNG files `frames` (the sample grids over training)."""
+    from PIL import Image
+
+    frames = [Path(f) for f in frames if Path(f).exists()]
+    if not frames:
+        return
+    images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=ms_per_frame, loop=0)
+
+
+def interpolation_latents(z_from, z_to, steps=10):
+    """Rows of a latent walk: row i goes from z_from[i] to z_to[i] in `steps` straight-line steps."""
+    t = torch.linspace(0, 1, steps, device=z_from.device).view(1, steps, *[1] * (z_from.dim() - 1))
+    walk = (1 - t) * z_from.unsqueeze(1) + t * z_to.unsqueeze(1)
+    return walk.reshape(-1, *z_from.shape[1:])
+
+
+def save_pngs(images, folder, start=0):
+    """One PNG per image in [-1, 1], named 000000.png, 000001.png, ... (the format FID tools read)."""
+    from torchvision.utils import save_image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(images.detach().float().cpu()):
+        save_image(x, folder / f"{start + i:06d}.png", normalize=True, value_range=(-1, 1), padding=0)
+
+
+def check_image_size(parser, size, smallest=16):
+    """The DCGAN family doubles from 4 x 4: sizes that are 4 x a power of two."""
+    if size < smallest or size & (size - 1):
+        parser.error(
+            f"--image_size {size}: must be a power of two, at least {smallest} (16, 32, 64, 128, ...)"
+        )
