@@ -307,7 +307,8 @@ def main(argv=None):
     args = common.parse_args(parser, argv)
     if args.image_size is None:
         args.image_size = 64 if args.dataset in ("celeba", "folder") else 32
-    common.check_image_size(parser, args.image_size)
+    if args.resume is None:  # a resumed run has the checkpoint's size; train() refuses another
+        common.check_image_size(parser, args.image_size)
     return train(args)
 
 

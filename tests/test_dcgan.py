@@ -1,0 +1,198 @@
+"""dcgan.py: the paper's architecture at every size, its init, the linear variant, and the run contract."""
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import run_script
+from PIL import Image
+
+import dcgan
+
+SMALL = ["--hidden_dim", "8", "--batch", "16", "--zdim", "16", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_shapes_and_range_for_every_size_and_channel_count(arch, channels, size):
+    torch.manual_seed(0)
+    G = dcgan.Generator(16, 4, size, channels, arch)
+    D = dcgan.Discriminator(4, size, channels, arch)
+    for z in (torch.randn(5, 16), torch.randn(5, 16, 1, 1)):
+        x = G(z)
+        assert x.shape == (5, channels, size, size)
+        assert x.min() >= -1 and x.max() <= 1 and x.std() > 0
+    assert isinstance(G.net[-1], nn.Tanh)
+    logits = D(x)
+    assert logits.shape == (5,)
+
+
+def layers(net, kinds):
+    return [m for m in net.modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_conv_architecture_follows_the_paper(size):
+    G = dcgan.Generator(100, 8, size, 3)
+    D = dcgan.Discriminator(8, size, 3)
+    n = size.bit_length() - 3  # 4 x 4 doubled n times is the image size
+    g_convs = layers(G, nn.ConvTranspose2d)
+    d_convs = layers(D, nn.Conv2d)
+    assert len(g_convs) == n + 1 and len(d_convs) == n + 1
+    assert not layers(G, nn.Linear) and not layers(D, nn.Linear)  # no fully connected layer
+    assert not layers(D, (nn.MaxPool2d, nn.AvgPool2d))
+    # G: 4 x 4 projection, then kernel 4 stride 2 padding 1; channels halve toward the image
+    assert (g_convs[0].kernel_size, g_convs[0].stride, g_convs[0].padding) == ((4, 4), (1, 1), (0, 0))
+    assert all((c.kernel_size, c.stride, c.padding) == ((4, 4), (2, 2), (1, 1)) for c in g_convs[1:])
+    assert [c.out_channels for c in g_convs] == [8 * 2 ** (n - 1 - i) for i in range(n)] + [3]
+    assert [c.in_channels for c in d_convs] == [3] + [8 * 2**i for i in range(n)]
+    assert all(c.stride == (2, 2) for c in d_convs[:-1]) and d_convs[-1].out_channels == 1
+    # BatchNorm after every G layer but the output; in D after every layer but the first and the last
+    seq = list(G.net)
+    for conv in g_convs[:-1]:
+        after = seq[seq.index(conv) + 1 : seq.index(conv) + 3]
+        assert isinstance(after[0], nn.BatchNorm2d) and isinstance(after[1], nn.ReLU)
+    assert isinstance(seq[seq.index(g_convs[-1]) + 1], nn.Tanh)
+    seq = list(D.net)
+    assert isinstance(seq[1], nn.LeakyReLU) and seq[1].negative_slope == 0.2
+    for conv in d_convs[1:-1]:
+        after = seq[seq.index(conv) + 1 : seq.index(conv) + 3]
+        assert isinstance(after[0], nn.BatchNorm2d) and isinstance(after[1], nn.LeakyReLU)
+    assert len(layers(D, nn.BatchNorm2d)) == n - 1 and len(layers(G, nn.BatchNorm2d)) == n
+
+
+def test_hidden_dim_128_at_64px_is_the_papers_1024_channel_generator():
+    G = dcgan.Generator(100, 128, 64, 3)
+    assert [c.out_channels for c in layers(G, nn.ConvTranspose2d)] == [1024, 512, 256, 128, 3]
+
+
+def test_weight_init_statistics():
+    torch.manual_seed(0)
+    G = dcgan.Generator(100, 64, 64, 3)
+    D = dcgan.Discriminator(64, 64, 3)
+    big = layers(G, nn.ConvTranspose2d)[1].weight  # 512 x 256 x 4 x 4: two million weights
+    assert big.numel() > 1_000_000
+    assert abs(big.mean().item()) < 1e-3 and abs(big.std().item() - 0.02) < 5e-4
+    w = layers(D, nn.Conv2d)[2].weight
+    assert abs(w.std().item() - 0.02) < 1e-3
+    gains = torch.cat([bn.weight for bn in layers(G, nn.BatchNorm2d) + layers(D, nn.BatchNorm2d)])
+    assert abs(gains.mean().item() - 1) < 3e-3 and abs(gains.std().item() - 0.02) < 3e-3
+    offsets = torch.cat([bn.bias for bn in layers(G, nn.BatchNorm2d)])
+    assert torch.all(offsets == 0)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_linear_arch_shapes(size):
+    G = dcgan.Generator(16, 8, size, 1, "linear")
+    D = dcgan.Discriminator(8, size, 1, "linear")
+    assert isinstance(G.net[0], nn.Linear) and G.net[0].out_features == widths_at_4(8, size) * 16
+    g_convs = layers(G, nn.ConvTranspose2d)
+    assert len(g_convs) == size.bit_length() - 3 and isinstance(G.net[-2], nn.Conv2d)
+    assert G.net[-2].kernel_size == (3, 3) and G.net[-2].out_channels == 1
+    d_convs = layers(D, nn.Conv2d)
+    assert len(d_convs) == size.bit_length() - 2  # 4 at 32 px, as linDCGAN
+    assert isinstance(D.net[-1], nn.Linear) and D.net[-1].in_features == widths_at_4(8, size) * 16
+    assert not isinstance(D.net[2], nn.BatchNorm2d)
+    x = G(torch.randn(3, 16))
+    assert x.shape == (3, 1, size, size) and D(x).shape == (3,)
+
+
+def widths_at_4(h, size):
+    return h * size // 8
+
+
+def test_separate_real_and_fake_passes_through_d():
+    torch.manual_seed(0)
+    G, D = dcgan.Generator(16, 8, 16, 1), dcgan.Discriminator(8, 16, 1)
+    batches = []
+    D.register_forward_pre_hook(lambda m, inp: batches.append(len(inp[0])))
+    opt = torch.optim.Adam(D.parameters())
+    dcgan.d_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, 16)
+    assert batches == [6, 6]
+
+
+def test_losses_are_the_bce_of_the_paper():
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
+    expected = -torch.log(torch.sigmoid(real)).mean() - torch.log(1 - torch.sigmoid(fake)).mean()
+    assert torch.allclose(dcgan.discriminator_loss(real, fake), expected)
+    assert torch.allclose(dcgan.generator_loss(fake), -torch.log(torch.sigmoid(fake)).mean())
+
+
+def test_smoke_mnist_writes_the_outputs(mnist_root, tmp_path):
+    out = tmp_path / "run"
+    G, D = dcgan.main(["--data_root", mnist_root, "--out", str(out), "--epochs", "2", *SMALL])
+    assert G.image_shape == (1, 32, 32)
+    for name in ("checkpoint.pt", "log.csv", "losses.png", "progress.gif", "interpolation.png"):
+        assert (out / name).is_file(), name
+    grids = sorted((out / "samples").glob("epoch_*.png"))
+    assert [p.name for p in grids] == ["epoch_0001.png", "epoch_0002.png"]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["script"] == "dcgan.py" and ckpt["step"] == 2 * (120 // 16)
+
+
+@pytest.mark.parametrize("dataset", ["celeba", "folder"])
+def test_smoke_image_folders_default_to_64px(dataset, celeba_root, folder_root, tmp_path):
+    root = celeba_root if dataset == "celeba" else folder_root
+    args = ["--dataset", dataset, "--data_root", root, "--out", str(tmp_path), "--max_steps", "1"]
+    G, D = dcgan.main([*args, "--batch", "4", "--hidden_dim", "4", "--zdim", "8", "--workers", "0"])
+    assert G.image_shape == (3, 64, 64)
+    assert Image.open(tmp_path / "samples" / "step_000001.png").size == (8 * 66 + 2, 8 * 66 + 2)
+
+
+def test_resume_is_exact(mnist_root, tmp_path):
+    base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--log_every", "1"]
+    G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
+    dcgan.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
+    G2, D2 = dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    for one, two in ((G1, G2), (D1, D2)):
+        for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+
+
+def test_generate_writes_n_pngs(mnist_root, tmp_path):
+    dcgan.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--max_steps", "1"])
+    dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "7"])
+    files = sorted((tmp_path / "generated").glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(7)]
+    assert all(Image.open(f).size == (32, 32) for f in files)
+
+
+@pytest.mark.parametrize("size", ["48", "100", "8"])
+def test_unsupported_image_size_is_refused(size, capsys):
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(["--image_size", size, "--max_steps", "1"])
+    assert e.value.code == 2
+    assert f"--image_size {size}" in capsys.readouterr().err
+
+
+def test_checkpoint_with_other_shapes_is_refused(mnist_root, tmp_path):
+    dcgan.main(
+        ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path), "--max_steps", "1"]
+    )
+    ckpt = str(tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(["--resume", ckpt, "--arch", "linear"])
+    assert "--arch conv" in str(e.value) and "--arch linear" in str(e.value) and "dcgan.py" in str(e.value)
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(["--resume", ckpt, "--image_size", "32"])
+    assert "--image_size 16" in str(e.value)
+
+
+def test_checkpoint_from_another_script_is_refused(mnist_root, tmp_path):
+    import gan_mnist
+
+    gan_mnist.main(
+        ["--data_root", mnist_root, "--out", str(tmp_path), "--max_steps", "1", "--hidden_dim", "8"]
+    )
+    with pytest.raises(SystemExit) as e:
+        dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2"])
+    assert "written by gan_mnist.py" in str(e.value) and "not by dcgan.py" in str(e.value)
+    assert "--hidden_dim 8" in str(e.value)
+
+
+def test_command_line_offline_missing_data_is_one_line(tmp_path):
+    result = run_script("dcgan.py", ["--data_root", str(tmp_path / "nothing"), "--max_steps", "1"])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "MNIST" in result.stderr
