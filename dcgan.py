@@ -32,7 +32,7 @@ Examples:
     python dcgan.py --data_root ./data --epochs 5                     # MNIST, 32 x 32
     python dcgan.py --dataset celeba --data_root ./data --hidden_dim 128 --out runs/dcgan_celeba
     python dcgan.py --dataset cifar10 --arch linear --out runs/dcgan_cifar_linear
-    python dcgan.py --resume runs/dcgan.py/checkpoint.pt --generate 10000     # PNGs for FID
+    python dcgan.py --resume runs/dcgan/checkpoint.pt --generate 10000     # PNGs for FID
 """
 
 import argparse
