@@ -43,7 +43,9 @@ def test_each_pair_sees_only_its_own_class(mnist_root, tmp_path, monkeypatch):
         return real_d_step(G, D, opt_d, real, zdim, noise)
 
     monkeypatch.setattr(cw, "d_step", recording_d_step)
-    pairs = cw.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "2,5,9", "--epochs", "4"])
+    pairs = cw.main(
+        ["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "2,5,9", "--epochs", "4"]
+    )
     assert sorted(pairs) == [2, 5, 9]
     owner = {id(D): c for c, (G, D) in pairs.items()}
     assert len(seen) == 3 * 4  # 4 epochs of one 12-image batch per class, every pair each step
