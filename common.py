@@ -584,7 +584,7 @@ def _hms(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -595,7 +595,7 @@ def _pyplot():
 
 def plot_losses(out, keys, path=None, title=None):
     """Plot the logged columns `keys` (lists of column names share one panel) against the step."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = read_log(out)
     if not rows:
         return

@@ -1,0 +1,199 @@
+"""gan_mnist.py: what makes it Goodfellow et al.'s GAN, and the contract (smoke, resume, generate, faults)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, bar_class, run_script
+from PIL import Image
+
+import gan_mnist
+
+TINY = ["--hidden_dim", "8", "--batch", "16", "--zdim", "8", "--device", "cpu", "--log_every", "1"]
+
+
+def run(mnist_root, out, *extra):
+    return gan_mnist.main(["--data_root", mnist_root, "--out", str(out), *TINY, *extra])
+
+
+def test_smoke_one_batch_writes_every_output(mnist_root, tmp_path):
+    G, D = run(mnist_root, tmp_path / "r", "--max_steps", "1")
+    files = {p.relative_to(tmp_path / "r").as_posix() for p in (tmp_path / "r").rglob("*")}
+    for f in ("checkpoint.pt", "log.csv", "losses.png", "progress.gif", "interpolation.png"):
+        assert f in files
+    assert any(f.startswith("samples/") and f.endswith(".png") for f in files)
+    with open(tmp_path / "r" / "log.csv") as f:
+        header = f.readline().strip().split(",")
+    assert header[:4] == ["step", "epoch", "loss_d", "loss_g"] and "images_per_s" in header
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 1
+
+
+def test_samples_are_images_in_tanh_range(mnist_root, tmp_path):
+    G, _ = run(mnist_root, tmp_path / "r", "--max_steps", "1")
+    x = G(torch.randn(5, 8))
+    assert x.shape == (5, 1, 28, 28) and x.min() >= -1 and x.max() <= 1
+    assert isinstance(G.net[-1], torch.nn.Tanh)
+
+
+def nets(h=8):
+    shape = torch.Size((1, 28, 28))
+    G, D = gan_mnist.Generator(8, [h, 2 * h], shape), gan_mnist.Discriminator(shape, [2 * h, h], 0.3)
+    return G, D, torch.optim.Adam(G.parameters(), 1e-3), torch.optim.Adam(D.parameters(), 1e-3)
+
+
+def test_d_step_leaves_generator_untouched():
+    G, D, opt_g, opt_d = nets()
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    d_before = [p.clone() for p in D.parameters()]
+    gan_mnist.d_step(G, D, opt_d, torch.rand(16, 1, 28, 28) * 2 - 1, 8)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+    assert all(p.grad is None for p in G.parameters())  # the fake batch was detached
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, D.parameters(), strict=True))
+
+
+def test_g_step_leaves_discriminator_unchanged():
+    G, D, opt_g, opt_d = nets()
+    before = {k: v.clone() for k, v in D.state_dict().items()}
+    g_before = [p.clone() for p in G.parameters()]
+    gan_mnist.g_step(G, D, opt_g, 16, 8, "nonsaturating", torch.device("cpu"))
+    assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters(), strict=True))
+
+
+def test_discriminator_outputs_logits_not_probabilities():
+    _, D, _, _ = nets()
+    assert not any(isinstance(m, torch.nn.Sigmoid) for m in D.modules())
+    logits = torch.tensor([-30.0, 0.0, 30.0])
+    # stable where sigmoid + log would give inf
+    assert torch.isfinite(gan_mnist.discriminator_loss(logits, logits))
+
+
+def test_g_loss_minimax_saturates_and_nonsaturating_does_not():
+    """Where D rejects the fakes (logit -8), the minimax gradient vanishes; the paper's fix does not."""
+    grads = {}
+    for kind in ("minimax", "nonsaturating"):
+        logit = torch.tensor([-8.0], requires_grad=True)
+        gan_mnist.generator_loss(logit, kind).backward()
+        grads[kind] = logit.grad.item()
+    assert grads["minimax"] == pytest.approx(-torch.sigmoid(torch.tensor(-8.0)).item(), rel=1e-5)
+    assert grads["nonsaturating"] == pytest.approx(-(1 - torch.sigmoid(torch.tensor(-8.0)).item()), rel=1e-5)
+    assert abs(grads["nonsaturating"]) > 1000 * abs(grads["minimax"])
+
+
+def test_g_loss_flag_changes_training(mnist_root, tmp_path):
+    G1, _ = run(mnist_root, tmp_path / "a", "--max_steps", "2")
+    G2, _ = run(mnist_root, tmp_path / "b", "--max_steps", "2", "--g_loss", "minimax")
+    assert any(not torch.equal(a, b) for a, b in zip(G1.parameters(), G2.parameters(), strict=True))
+
+
+def test_digit_keeps_only_that_class(mnist_root, tmp_path):
+    """The real images D sees (the ones on the uint8 grid; fakes never are) are all of the chosen digit."""
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inp: (
+            seen.append(inp[0].detach().clone()) if isinstance(m, gan_mnist.Discriminator) else None
+        )
+    )
+    try:
+        run(mnist_root, tmp_path / "r", "--digit", "3", "--batch", "4", "--epochs", "2")
+    finally:
+        hook.remove()
+    real = [x for x in seen if torch.allclose((x + 1) * 127.5, ((x + 1) * 127.5).round(), atol=1e-4)]
+    assert len(real) == 6  # 12 threes, batches of 4, 2 epochs: 6 steps
+    assert {bar_class(img.numpy()) for x in real for img in x} == {3}
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 6
+
+
+def test_resume_is_exact(mnist_root, tmp_path):
+    G1, D1 = run(
+        mnist_root, tmp_path / "a", "--max_steps", "8"
+    )  # 120 images / 16 = 7 batches: crosses an epoch
+    run(mnist_root, tmp_path / "b", "--max_steps", "4")
+    G2, D2 = gan_mnist.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "8"])
+    for a, b in zip(
+        [*G1.state_dict().values(), *D1.state_dict().values()],
+        [*G2.state_dict().values(), *D2.state_dict().values()],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    rows = open(tmp_path / "b" / "log.csv").read().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 9)]
+
+
+def test_generate_writes_pngs(mnist_root, tmp_path):
+    run(mnist_root, tmp_path / "r", "--max_steps", "1")
+    gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--generate", "1000"])
+    files = sorted(os.listdir(tmp_path / "r" / "generated"))
+    assert len(files) == 1000 and files[0] == "000000.png" and files[-1] == "000999.png"
+    with Image.open(tmp_path / "r" / "generated" / files[-1]) as im:
+        assert im.size == (28, 28) and np.asarray(im).std() > 0
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--batch", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--zdim", "x")]
+)
+def test_bad_flag_values_stop_naming_the_flag(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        gan_mnist.main([flag, value])
+    assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_flags_of_other_models_are_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        gan_mnist.main(["--c_lambda", "10"])
+    assert e.value.code == 2 and "--c_lambda" in capsys.readouterr().err
+
+
+def test_generate_without_resume_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        gan_mnist.main(["--generate", "10"])
+    assert e.value.code == 2 and "--resume" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_script_or_shape_is_refused(mnist_root, tmp_path):
+    import gan_gaussian
+
+    gan_gaussian.main(["--out", str(tmp_path / "g"), "--max_steps", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit, match="gan_gaussian.py"):
+        gan_mnist.main(["--resume", str(tmp_path / "g" / "checkpoint.pt"), "--data_root", mnist_root])
+    run(mnist_root, tmp_path / "m", "--max_steps", "1")
+    with pytest.raises(SystemExit, match="--hidden_dim 8.*--hidden_dim 16"):
+        gan_mnist.main(["--resume", str(tmp_path / "m" / "checkpoint.pt"), "--hidden_dim", "16"])
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_path):
+    run(mnist_root, tmp_path / "r", "--max_steps", "2")
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    good = torch.load(ckpt, weights_only=False)["G"]
+    with pytest.raises(SystemExit, match=r"step \d+"):
+        gan_mnist.main(["--resume", str(ckpt), "--lr", "1e38", "--max_steps", "50"])
+    kept = torch.load(ckpt, weights_only=False)
+    assert kept["step"] == 2 and all(torch.equal(good[k], v) for k, v in kept["G"].items())
+
+
+def test_missing_data_is_one_message_without_traceback(tmp_path):
+    r = run_script("gan_mnist.py", ["--data_root", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert str(tmp_path / "none") in r.stderr and "train-images-idx3-ubyte" in r.stderr
+
+
+def test_ctrl_c_saves_checkpoint_and_plots(mnist_root, tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, str(ROOT / "gan_mnist.py"), "--data_root", mnist_root, "--out", str(out), *TINY]
+    proc = subprocess.Popen(
+        cmd + ["--epochs", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not (out / "log.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Ctrl-C" in stdout and "Traceback" not in stderr
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] >= 1 and (out / "losses.png").exists()
