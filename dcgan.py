@@ -63,7 +63,12 @@ def build_parser():
         default=None,
         help="images are resized to N x N, a power of two >= 16 (default 32; 64 for celeba and folder)",
     )
-    p("--arch", choices=("conv", "linear"), default="conv", help="conv: the paper's; linear: linDCGAN")
+    p(
+        "--arch",
+        choices=("conv", "linear"),
+        default="conv",
+        help="conv: the paper's networks; linear: linDCGAN (default conv)",
+    )
     p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
     return parser
 

@@ -67,11 +67,21 @@ def build_parser():
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=None, help="classes to train, e.g. 0,3 (default: all ten)")
-    p("--arch", choices=("conv", "linear"), default="conv", help="conv: the paper's; linear: linDCGAN")
+    p(
+        "--arch",
+        choices=("conv", "linear"),
+        default="conv",
+        help="conv: the paper's networks; linear: linDCGAN (default conv)",
+    )
     p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
+    flags = parser._option_string_actions  # narrow two common flags to what this script does
+    flags["--dataset"].choices = LABELLED
+    flags["--dataset"].help = f"training data, one with class labels: {', '.join(LABELLED)} (default mnist)"
+    flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     parser.epilog = (
-        "--resume takes OUT/checkpoint.pt and reads each pair from OUT/class_<i>_<name>/checkpoint.pt; "
-        "--generate N writes N images per class to OUT/class_<i>_<name>/generated/."
+        "--resume takes the run's OUT/checkpoint.pt and reads each pair from "
+        "OUT/class_<i>_<name>/checkpoint.pt (one file per pair, each written atomically; "
+        "a pair saved ahead of the others waits for them)."
     )
     return parser
 
@@ -281,8 +291,6 @@ def train(args):
 def main(argv=None):
     parser = build_parser()
     args = common.parse_args(parser, argv)
-    if args.dataset not in LABELLED:
-        parser.error(f"--dataset {args.dataset} has no class labels; use one of {', '.join(LABELLED)}")
     if args.classes is None:
         args.classes = list(range(10))
     if args.resume is None:
