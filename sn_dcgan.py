@@ -9,8 +9,9 @@ forward pass (u and v are carried from step to step):
 
     W_SN = W / sigma(W),    sigma(W) ~ u^T W v      (a conv weight is reshaped to out x (in*k*k))
 
-so each layer is 1-Lipschitz and D is Lipschitz without clipping or a penalty, and without
-BatchNorm in D (it is not used: the normalization is of the weights, not of the batch).
+so each reshaped weight has spectral norm 1 and D's Lipschitz constant is bounded without
+clipping or a penalty (for a convolution the reshaped matrix's norm is the paper's proxy, not the
+exact operator norm). No BatchNorm in D: the normalization is of the weights, not of the batch.
 torch.nn.utils.parametrizations.spectral_norm does exactly this. The generator stays DCGAN.
 
 Losses (--loss), D on logits:
