@@ -171,9 +171,9 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def d_step(G, D, opt_d, real, zdim, noise=None):
+def d_step(G, D, opt_d, real, zdim):
     """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
-    z = torch.randn(len(real), zdim, device=real.device, generator=noise)
+    z = torch.randn(len(real), zdim, device=real.device)
     with torch.no_grad():
         fake = G(z)
     loss = discriminator_loss(D(real), D(fake))
@@ -183,10 +183,10 @@ def d_step(G, D, opt_d, real, zdim, noise=None):
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, device, noise=None):
+def g_step(G, D, opt_g, batch, zdim, device):
     """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
     D.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=device, generator=noise)
+    z = torch.randn(batch, zdim, device=device)
     loss = generator_loss(D(G(z)))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
