@@ -141,6 +141,7 @@ class Pair:
             torch.manual_seed(args.seed * 1000 + c)
             self.G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch).to(device)
             self.D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch).to(device)
+        self.lr = args.lr
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.noise = torch.Generator(device=device).manual_seed(args.seed * 1000 + c)
@@ -158,6 +159,9 @@ class Pair:
         self.D.load_state_dict(ckpt["D"])
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.opt_d.load_state_dict(ckpt["opt_d"])
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = self.lr  # a --lr given with --resume wins over the saved one
         self.noise.set_state(ckpt["noise"])
         self.fixed_z = ckpt["fixed_z"].to(self.fixed_z.device)
         self.step, self.batches_done = ckpt["step"], ckpt["batches_done"]
@@ -268,6 +272,7 @@ def train(args):
             if finished_epoch or (args.sample_every and step % args.sample_every == 0):
                 grids(f"epoch_{step // steps_per_epoch:04d}" if finished_epoch else f"step_{step:06d}")
                 saved_grid_at = step
+                log.step(step, step // steps_per_epoch, force=True)  # losses finite before saving
                 save()
     log.step(step, step // steps_per_epoch, force=True)
     save()

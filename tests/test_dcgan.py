@@ -1,9 +1,14 @@
 """dcgan.py: the paper's architecture at every size, its init, the linear variant, and the run contract."""
 
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 import torch.nn as nn
-from conftest import run_script
+from conftest import ROOT, run_script
 from PIL import Image
 
 import dcgan
@@ -196,3 +201,33 @@ def test_command_line_offline_missing_data_is_one_line(tmp_path):
     result = run_script("dcgan.py", ["--data_root", str(tmp_path / "nothing"), "--max_steps", "1"])
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "MNIST" in result.stderr
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_path):
+    base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path)]
+    dcgan.main([*base, "--max_steps", "2"])
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    with pytest.raises(SystemExit, match=r"became .* at step \d+"):
+        dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--lr", "1e38", "--max_steps", "60"])
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert kept["step"] == 2 and all(torch.equal(good["G"][k], v) for k, v in kept["G"].items())
+
+
+def test_ctrl_c_saves_checkpoint_and_plots(mnist_root, tmp_path):
+    out = tmp_path / "r"
+    cmd = [sys.executable, str(ROOT / "dcgan.py"), "--data_root", mnist_root, "--out", str(out), *SMALL]
+    proc = subprocess.Popen(
+        [*cmd, "--image_size", "16", "--epochs", "100000", "--log_every", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not (out / "log.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Ctrl-C" in stdout and "Traceback" not in stderr
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1
+    assert (out / "losses.png").is_file() and (out / "progress.gif").is_file()

@@ -165,3 +165,14 @@ def test_refusals(mnist_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cw.main(["--resume", str(tmp_path / "class_1_1" / "checkpoint.pt"), "--max_steps", "2"])
     assert "class_1_1" in str(e.value)
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_every_checkpoint(mnist_root, tmp_path):
+    base = ["--data_root", mnist_root, *SMALL, "--classes", "0,5", "--out", str(tmp_path)]
+    cw.main([*base, "--max_steps", "2"])
+    good = {c: torch.load(tmp_path / f"class_{c}_{c}" / "checkpoint.pt", weights_only=False) for c in (0, 5)}
+    with pytest.raises(SystemExit, match=r"loss_._\d became .* at step \d+"):
+        cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--lr", "1e38", "--max_steps", "60"])
+    for c in (0, 5):
+        kept = torch.load(tmp_path / f"class_{c}_{c}" / "checkpoint.pt", weights_only=False)
+        assert kept["step"] == 2 and same(good[c]["G"], kept["G"])
