@@ -206,6 +206,9 @@ def train(args):
         D.load_state_dict(ckpt["D"])
         opt_g.load_state_dict(ckpt["opt_g"])
         opt_d.load_state_dict(ckpt["opt_d"])
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = args.lr  # a --lr given with --resume wins over the saved one
         step, batches_done, fixed_z = ckpt["step"], ckpt["batches_done"], ckpt["fixed_z"].to(device)
         common.set_rng_state(ckpt["rng"])
         common.truncate_log(out, step)
@@ -253,6 +256,7 @@ def train(args):
                 name = f"epoch_{epoch:04d}" if finished_epoch else f"step_{step:06d}"
                 common.save_grid(sample(G, fixed_z), out / "samples" / f"{name}.png")
                 saved_grid_at = step
+                log.step(step, epoch, force=True)  # checks the losses are finite before saving
                 save()
     log.step(step, batches_done // len(data), force=True)
     save()

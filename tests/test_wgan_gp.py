@@ -174,6 +174,14 @@ def test_resume_is_exact(mnist_root, tmp_path):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
+    wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
+    wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2", "--lr", "0.003"])
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["args"]["lr"] == 0.003
+    assert [g["lr"] for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]] == [0.003, 0.003]
+
+
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     assert wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "5"]) is None
