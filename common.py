@@ -73,8 +73,11 @@ positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive
 nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
 
 
-def add_common_flags(parser, script, *, lr, batch, hidden_dim, critic_repeats, zdim=100, epochs=25):
+def add_common_flags(
+    parser, script, *, lr, batch, hidden_dim, critic_repeats, zdim=100, epochs=25, datasets=IMAGE_DATASETS
+):
     """The flags CONVENTIONS.md promises on every image script, with this model's defaults."""
+    parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
     p = parser.add_argument
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
     p("--zdim", type=positive_int, default=zdim, help=f"latent size (default {zdim})")
@@ -92,7 +95,12 @@ def add_common_flags(parser, script, *, lr, batch, hidden_dim, critic_repeats, z
         default="auto",
         help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps (default auto)",
     )
-    p("--dataset", choices=IMAGE_DATASETS, default="mnist", help="training data (default mnist)")
+    p(
+        "--dataset",
+        choices=datasets,
+        default="mnist",
+        help=f"training data: {', '.join(datasets)} (default mnist)",
+    )
     p("--data_root", default="./data", help="where datasets live or are downloaded to (default ./data)")
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(
@@ -126,12 +134,13 @@ def add_common_flags(parser, script, *, lr, batch, hidden_dim, critic_repeats, z
         default=50,
         help="log.csv row and progress every N steps (default 50)",
     )
-    p(
-        "--workers",
-        type=nonnegative_int,
-        default=None,
-        help="DataLoader workers for celeba/folder (default: cores)",
-    )
+    if {"celeba", "folder"} & set(datasets):
+        p(
+            "--workers",
+            type=nonnegative_int,
+            default=None,
+            help="DataLoader workers for celeba/folder (default: cores)",
+        )
 
 
 def explicit_flags(parser, argv):
@@ -153,24 +162,31 @@ def parse_args(parser, argv):
         parser.error("--generate needs --resume CHECKPOINT (the model to sample from)")
     if args.resume is not None:
         given = explicit_flags(parser, argv)
-        saved = load_checkpoint_file(args.resume)["args"]
+        ckpt = load_checkpoint_file(args.resume)
+        if getattr(parser, "script", None) and ckpt.get("script") != parser.script:
+            check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
+        saved = ckpt["args"]
         for key, value in saved.items():
             if key not in given and key not in ("resume", "generate") and hasattr(args, key):
                 setattr(args, key, value)
     return args
 
 
+def _flag_text(value):
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
 def check_checkpoint(ckpt, script, args, shape_flags):
     """Refuse a checkpoint written by another script, or one whose networks have other shapes."""
     made = ckpt.get("args", {})
-    flags = " ".join(f"--{k} {made[k]}" for k in shape_flags if k in made)
+    flags = " ".join(f"--{k} {_flag_text(made[k])}" for k in shape_flags if k in made)
     if ckpt.get("script") != script:
         fail(
             f"{args.resume} was written by {ckpt.get('script', 'another program')} ({flags}), not by {script}"
         )
     differ = [k for k in shape_flags if k in made and made[k] != getattr(args, k)]
     if differ:
-        asked = " ".join(f"--{k} {getattr(args, k)}" for k in differ)
+        asked = " ".join(f"--{k} {_flag_text(getattr(args, k))}" for k in differ)
         fail(f"{args.resume} was made by {script} with {flags}; this run asks for {asked}")
 
 

@@ -62,7 +62,15 @@ def build_parser():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_flags(
-        parser, "dcgan_classwise", lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1, zdim=100, epochs=25
+        parser,
+        "dcgan_classwise",
+        lr=2e-4,
+        batch=128,
+        hidden_dim=64,
+        critic_repeats=1,
+        zdim=100,
+        epochs=25,
+        datasets=LABELLED,
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
@@ -74,9 +82,7 @@ def build_parser():
         help="conv: the paper's networks; linear: linDCGAN (default conv)",
     )
     p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
-    flags = parser._option_string_actions  # narrow two common flags to what this script does
-    flags["--dataset"].choices = LABELLED
-    flags["--dataset"].help = f"training data, one with class labels: {', '.join(LABELLED)} (default mnist)"
+    flags = parser._option_string_actions
     flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     parser.epilog = (
         "--resume takes the run's OUT/checkpoint.pt and reads each pair from "

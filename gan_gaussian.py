@@ -51,6 +51,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.script = SCRIPT
     p = parser.add_argument
     p("--steps", type=common.positive_int, default=5000, help="generator updates (default 5000)")
     p(

@@ -158,4 +158,6 @@ def run_script(script, args, timeout=300):
         f"runpy.run_path({str(ROOT / script)!r}, run_name='__main__')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
+    )
