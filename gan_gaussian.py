@@ -321,7 +321,12 @@ def main(argv=None):
     args = common.parse_args(parser, argv)
     if args.zdim is None:
         args.zdim = args.dims
-    return train(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # networks of 16 units: more CPU threads only add synchronisation (10x slower)
+    try:
+        return train(args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
