@@ -1,0 +1,70 @@
+"""benchmarks/throughput.py: both variants are timed, and every monkeypatch is undone afterwards."""
+
+import importlib.util
+import sys
+
+from conftest import ROOT
+
+import common
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["throughput"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_both_variants_timed_and_patches_restored(mnist_root, capsys):
+    import gan_mnist
+
+    throughput = load_benchmark()
+    originals = {
+        "make_batches": common.make_batches,
+        "TensorBatches": common.TensorBatches,
+        "batches": common.TensorBatches.batches,
+        "add": common.RunLog.add,
+        "save_grid": common.save_grid,
+        "save_checkpoint": common.save_checkpoint,
+        "sample": gan_mnist.sample,
+    }
+    flags = ["--scripts", "gan_mnist", "--data_root", mnist_root, "--batch", "16", "--hidden_dim", "8"]
+    rows = throughput.main([*flags, "--warmup", "1", "--steps", "2", "--repeats", "1", "--profile"])
+
+    measured = {r["variant"]: r for r in rows if isinstance(r["images_per_s"], float)}
+    assert set(measured) >= {"fast", "DataLoader + .item()"}
+    for r in measured.values():
+        assert r["images_per_s"] > 0 and r["ms_per_g_step"] > 0
+        assert r["batch"] == 16 and r["image_size"] == 28
+    assert measured["DataLoader + .item()"]["ratio"] == 1.0
+    assert 0 < measured["fast"]["data_pct"] < 100
+    table = capsys.readouterr().out
+    assert "| gan_mnist | 28 px | 16 | fast |" in table
+    assert "| gan_mnist | 28 px | 16 | DataLoader + .item() |" in table
+
+    assert common.make_batches is originals["make_batches"]
+    assert common.TensorBatches is originals["TensorBatches"]
+    assert common.TensorBatches.batches is originals["batches"]
+    assert common.RunLog.add is originals["add"]
+    assert common.save_grid is originals["save_grid"]
+    assert common.save_checkpoint is originals["save_checkpoint"]
+    assert gan_mnist.sample is originals["sample"]
+
+
+def test_patches_restored_when_the_run_fails(mnist_root):
+    """An exception inside the instrumented run (a script that crashes) still leaves common as it was."""
+    import torch
+
+    import gan_mnist
+
+    throughput = load_benchmark()
+    add, make_batches, tensor_batches = common.RunLog.add, common.make_batches, common.TensorBatches
+    try:
+        with throughput.instrumented(gan_mnist, torch.device("cpu"), 1, 1, True, mnist_root, 0, False):
+            assert common.RunLog.add is not add and common.make_batches is not make_batches
+            raise RuntimeError("the script crashed")
+    except RuntimeError:
+        pass
+    assert common.RunLog.add is add and common.make_batches is make_batches
+    assert common.TensorBatches is tensor_batches and gan_mnist.sample.__name__ == "sample"
