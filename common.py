@@ -8,7 +8,8 @@ Nothing here trains anything: every model file keeps its own networks, losses an
   shuffled batches by index (on the GPU when training there); CelebA and any folder of
   images through a DataLoader with workers; a clear message when data is missing;
 - output: image grids, GIFs, loss plots, latent interpolation, PNG files for `--generate`,
-  a CSV log with a progress line, atomic checkpoints, RNG state, device choice.
+  a CSV log with a progress line, atomic checkpoints, RNG state, device choice;
+- speed: --amp, --compile and --deterministic, cudnn and channels_last on CUDA (setup_backends).
 """
 
 import argparse
@@ -143,6 +144,34 @@ def add_common_flags(
         )
 
 
+def add_speed_flags(parser, compile_help=None):
+    """--amp, --compile and --deterministic (issue 6): how fast, never what is computed on CPU by default."""
+    p = parser.add_argument
+    on_off = argparse.BooleanOptionalAction
+    p(
+        "--amp",
+        action=on_off,
+        default=False,
+        help="bfloat16 autocast for the forward passes of G and D, losses in float32 (default off). "
+        "Faster on CUDA; on CPU only faster on CPUs with bf16 support (AVX512-BF16, AMX)",
+    )
+    p(
+        "--compile",
+        action=on_off,
+        default=False,
+        help=compile_help
+        or "torch.compile G and D for the training steps (default off; the first steps compile, slowly)",
+    )
+    p(
+        "--deterministic",
+        action=on_off,
+        default=False,
+        help="on CUDA: torch.use_deterministic_algorithms and no cudnn.benchmark, so a --seed repeats "
+        "the run; without it CUDA picks the fastest kernels. CPU runs repeat with the same --seed either "
+        "way (default off)",
+    )
+
+
 def explicit_flags(parser, argv):
     """The destinations the user actually wrote on the command line (not defaults)."""
     saved = {a.dest: a.default for a in parser._actions}
@@ -213,6 +242,20 @@ def pick_device(name):
     if device.type == "mps" and not torch.backends.mps.is_available():
         fail(f"--device {name}: MPS is not available on this machine")
     return device
+
+
+def setup_backends(device, args, conv=True):
+    """CUDA only: cudnn.benchmark for conv nets, or repeatable kernels with --deterministic.
+
+    Returns the memory format for conv nets and image batches: channels_last on CUDA (what tensor
+    cores read fastest), the usual contiguous format elsewhere, so nothing changes on CPU."""
+    if device.type != "cuda":
+        return torch.contiguous_format
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be repeatable
+    torch.use_deterministic_algorithms(args.deterministic)
+    torch.backends.cudnn.benchmark = conv and not args.deterministic
+    return torch.channels_last if conv else torch.contiguous_format
 
 
 def seed_everything(seed):
