@@ -27,6 +27,10 @@ Defaults, and where they come from:
 - DCGAN-shaped networks: G with BatchNorm + ReLU and tanh; D with strided 4x4 convs and
   LeakyReLU 0.2 (the paper's D uses 0.1 and extra 3x3 convs), --hidden_dim 64 filters at the
   image end, doubling toward 4 x 4; images 32 x 32.
+- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast and
+  the losses in float32 (the power iteration and sigma stay float32); --compile runs the steps
+  through torch.compile'd copies of G and D (checkpoints hold the plain modules); on CUDA,
+  cudnn.benchmark and channels_last unless --deterministic.
 
 Examples:
     python sn_dcgan.py --data_root ./data                     # MNIST at 32 x 32, BCE
@@ -66,6 +70,7 @@ def build_parser():
     p("--loss", choices=("bce", "hinge"), default="bce", help="GAN loss (default bce; hinge as the paper)")
     p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5)")
     p("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999)")
+    common.add_speed_flags(parser)
     return parser
 
 
@@ -102,12 +107,27 @@ class Generator(nn.Module):
         return self.net(z.view(len(z), -1, 1, 1))
 
 
+def spectral_norm(layer):
+    """torch's spectral_norm, its power iteration and sigma run with autocast off: under --amp they
+    stay float32 (CUDA's autocast would compute W v in bfloat16 and mix dtypes in u^T W v)."""
+    layer = nn.utils.parametrizations.spectral_norm(layer)
+    sn = layer.parametrizations.weight[0]
+    normalize = sn.forward
+
+    def float32_forward(weight):
+        with torch.autocast(weight.device.type, enabled=False):
+            return normalize(weight)
+
+    sn.forward = float32_forward
+    return layer
+
+
 class Discriminator(nn.Module):
     """Image -> (SN Conv 4x4 stride 2, LeakyReLU 0.2) ... -> 4 x 4 x 4h -> SN Linear -> logit. No BN."""
 
     def __init__(self, hidden_dim, image_size, channels):
         super().__init__()
-        sn = nn.utils.parametrizations.spectral_norm
+        sn = spectral_norm
         w = widths(hidden_dim, image_size)[::-1]
         layers = [sn(nn.Conv2d(channels, w[0], 4, 2, 1)), nn.LeakyReLU(0.2, True)]
         for a, b in zip(w, w[1:]):
@@ -136,23 +156,29 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log sigmoid(D(G(z))), the non-saturating loss
 
 
-def d_step(G, D, opt_d, real, zdim, kind):
-    """One D update on a real and a detached fake batch; the power iteration advances in D's forward."""
+def d_step(G, D, opt_d, real, zdim, kind, amp=False):
+    """One D update on a real and a detached fake batch; the power iteration advances in D's forward.
+
+    amp: the forward passes in bfloat16 autocast, the loss on float32 logits."""
     z = torch.randn(len(real), zdim, device=real.device)
-    with torch.no_grad():
-        fake = G(z)
-    loss = discriminator_loss(D(real), D(fake), kind)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            fake = G(z)
+        real_logits, fake_logits = D(real), D(fake)
+    loss = discriminator_loss(real_logits.float(), fake_logits.float(), kind)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, kind, device):
+def g_step(G, D, opt_g, batch, zdim, kind, device, amp=False):
     """One G update through D; D's weights are frozen, not stepped."""
     D.requires_grad_(False)
     z = torch.randn(batch, zdim, device=device)
-    loss = generator_loss(D(G(z)), kind)
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        fake_logits = D(G(z))
+    loss = generator_loss(fake_logits.float(), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -165,9 +191,10 @@ def g_step(G, D, opt_g, batch, zdim, kind, device):
 # ---------------------------------------------------------------------------------------------
 
 
-def build(args, channels, device):
-    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels).to(device)
-    D = Discriminator(args.hidden_dim, args.image_size, channels).to(device)
+def build(args, channels, device, memory_format=torch.contiguous_format):
+    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels)
+    D = Discriminator(args.hidden_dim, args.image_size, channels)
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     return G, D, opt_g, opt_d
@@ -197,8 +224,12 @@ def train(args):
         print(f"wrote {args.generate} images to {out / 'generated'}")
         return None
 
+    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
     data = common.make_batches(args, device)
-    G, D, opt_g, opt_d = build(args, data.channels, device)
+    G, D, opt_g, opt_d = build(args, data.channels, device, memory_format)
+    # the steps call compiled modules that share G's and D's parameters; checkpoints and samples
+    # use G and D themselves, so their state_dict keys have no _orig_mod. prefix
+    fast_G, fast_D = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
     fixed_z = torch.randn(64, args.zdim, device=device)
     step, batches_done = 0, 0
     if ckpt:
@@ -244,9 +275,10 @@ def train(args):
                 if real is None:  # an epoch ended: the next one starts in a new order
                     loader = data.batches(batches_done // len(data))
                     real = next(loader)
-                loss_d = d_step(G, D, opt_d, real, args.zdim, args.loss)
+                real = real.contiguous(memory_format=memory_format)
+                loss_d = d_step(fast_G, fast_D, opt_d, real, args.zdim, args.loss, args.amp)
                 batches_done += 1
-            loss_g = g_step(G, D, opt_g, data.batch, args.zdim, args.loss, device)
+            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.loss, device, args.amp)
             step += 1
             log.add(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
             log.step(step, batches_done // len(data))
