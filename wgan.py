@@ -26,6 +26,10 @@ Defaults, and where they come from (Algorithm 1 and section 4):
   per generator step during the first 25 generator steps and at every 500th, so that the critic
   is near its optimum when the estimate matters; that is not in the paper's Algorithm 1 and is
   off by default here: --warmup_critic turns it on.
+- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast and
+  the losses in float32 (the clipping acts on the float32 weights); --compile runs the steps
+  through torch.compile'd copies of G and the critic (checkpoints hold the plain modules); on
+  CUDA, cudnn.benchmark and channels_last unless --deterministic.
 
 Examples:
     python wgan.py --data_root ./data                         # MNIST at 32 x 32
@@ -72,6 +76,7 @@ def build_parser():
         help="the authors' code's schedule: 100 critic updates per G update for the first 25 G "
         "updates and every 500th (default off: always --critic_repeats)",
     )
+    common.add_speed_flags(parser)
     return parser
 
 
@@ -142,12 +147,16 @@ def clip_weights(critic, c):
         p.clamp_(-c, c)
 
 
-def critic_step(G, critic, opt_c, real, zdim, clip):
-    """One critic update: descend f(G(z)) - f(x), then clip. Returns (loss, Wasserstein estimate)."""
+def critic_step(G, critic, opt_c, real, zdim, clip, amp=False):
+    """One critic update: descend f(G(z)) - f(x), then clip. Returns (loss, Wasserstein estimate).
+
+    amp: the forward passes in bfloat16 autocast, the loss on float32 scores."""
     z = torch.randn(len(real), zdim, device=real.device)
-    with torch.no_grad():
-        fake = G(z)
-    wasserstein = critic(real).mean() - critic(fake).mean()
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            fake = G(z)
+        real_scores, fake_scores = critic(real), critic(fake)
+    wasserstein = real_scores.float().mean() - fake_scores.float().mean()
     loss = -wasserstein
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,11 +172,13 @@ def critic_updates(step, args):
     return args.critic_repeats
 
 
-def generator_step(G, critic, opt_g, batch, zdim, device):
+def generator_step(G, critic, opt_g, batch, zdim, device, amp=False):
     """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
     critic.requires_grad_(False)
     z = torch.randn(batch, zdim, device=device)
-    loss = -critic(G(z)).mean()
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        fake_scores = critic(G(z))
+    loss = -fake_scores.float().mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -180,9 +191,10 @@ def generator_step(G, critic, opt_g, batch, zdim, device):
 # ---------------------------------------------------------------------------------------------
 
 
-def build(args, channels, device):
-    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels).to(device)
-    critic = Critic(args.hidden_dim, args.image_size, channels).to(device)
+def build(args, channels, device, memory_format=torch.contiguous_format):
+    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels)
+    critic = Critic(args.hidden_dim, args.image_size, channels)
+    G, critic = G.to(device, memory_format=memory_format), critic.to(device, memory_format=memory_format)
     clip_weights(critic, args.clip)  # the critic starts inside the clipped set, as it stays
     opt_g = torch.optim.RMSprop(G.parameters(), lr=args.lr)
     opt_c = torch.optim.RMSprop(critic.parameters(), lr=args.lr)
@@ -213,8 +225,12 @@ def train(args):
         print(f"wrote {args.generate} images to {out / 'generated'}")
         return None
 
+    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
     data = common.make_batches(args, device)
-    G, critic, opt_g, opt_c = build(args, data.channels, device)
+    G, critic, opt_g, opt_c = build(args, data.channels, device, memory_format)
+    # the steps call compiled modules that share the nets' parameters; checkpoints and samples use
+    # G and critic themselves, so their state_dict keys have no _orig_mod. prefix
+    fast_G, fast_critic = (torch.compile(G), torch.compile(critic)) if args.compile else (G, critic)
     fixed_z = torch.randn(64, args.zdim, device=device)
     step, batches_done = 0, 0
     if ckpt:
@@ -264,9 +280,12 @@ def train(args):
                 if real is None:  # an epoch ended: the next one starts in a new order
                     loader = data.batches(batches_done // len(data))
                     real = next(loader)
-                loss_c, wasserstein = critic_step(G, critic, opt_c, real, args.zdim, args.clip)
+                real = real.contiguous(memory_format=memory_format)
+                loss_c, wasserstein = critic_step(
+                    fast_G, fast_critic, opt_c, real, args.zdim, args.clip, args.amp
+                )
                 batches_done += 1
-            loss_g = generator_step(G, critic, opt_g, data.batch, args.zdim, device)
+            loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, device, args.amp)
             step += 1
             log.add(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
             log.step(step, batches_done // len(data))
