@@ -23,6 +23,11 @@ Defaults, and where they come from:
   each sample over (C, H, W) with a per-channel scale and offset; --critic_norm none drops it.
 - DCGAN-shaped networks (G: BatchNorm + ReLU, tanh; critic: strided convs, LeakyReLU 0.2),
   --hidden_dim 64 filters at the image end, doubling toward 4 x 4; images 32 x 32.
+- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast,
+  the losses in float32, and the penalty's gradient (taken with respect to the float32 x_hat,
+  so float32) and its norm in float32; --compile compiles G only, the critic stays eager
+  (torch.compile does not support the double backward of the penalty); on CUDA, cudnn.benchmark
+  and channels_last unless --deterministic.
 
 Examples:
     python wgan_gp.py --data_root ./data                      # MNIST at 32 x 32
@@ -71,6 +76,11 @@ def build_parser():
         choices=("layer", "none"),
         default="layer",
         help="normalization in the critic: layer norm or none, never BatchNorm (default layer)",
+    )
+    common.add_speed_flags(
+        parser,
+        compile_help="torch.compile G for the training steps; the critic stays eager, since the gradient "
+        "penalty's double backward does not go through compiled graphs (default off)",
     )
     return parser
 
@@ -132,22 +142,31 @@ class Critic(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def gradient_penalty(critic, real, fake, c_lambda, eps=None):
-    """lambda * mean_i (||grad f(x_hat_i)||_2 - 1)^2 with x_hat_i = eps_i x_i + (1 - eps_i) G(z_i)."""
+def gradient_penalty(critic, real, fake, c_lambda, eps=None, amp=False):
+    """lambda * mean_i (||grad f(x_hat_i)||_2 - 1)^2 with x_hat_i = eps_i x_i + (1 - eps_i) G(z_i).
+
+    amp: f(x_hat) in bfloat16 autocast; x_hat itself is made outside it, in the batch's dtype, so
+    the gradient comes back in that dtype (float32) and the norm and the square are taken there."""
     if eps is None:
         eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
+    x_hat = (eps * real + (1 - eps) * fake.to(real.dtype)).requires_grad_(True)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+        scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
     return c_lambda * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_step(G, critic, opt_c, real, zdim, c_lambda):
-    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty)."""
+def critic_step(G, critic, opt_c, real, zdim, c_lambda, amp=False):
+    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty).
+
+    amp: the forward passes in bfloat16 autocast, the loss on float32 scores."""
     z = torch.randn(len(real), zdim, device=real.device)
-    with torch.no_grad():
-        fake = G(z)
-    wasserstein = critic(real).mean() - critic(fake).mean()
-    penalty = gradient_penalty(critic, real, fake, c_lambda)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            fake = G(z)
+        real_scores, fake_scores = critic(real), critic(fake)
+    wasserstein = real_scores.float().mean() - fake_scores.float().mean()
+    penalty = gradient_penalty(critic, real, fake, c_lambda, amp=amp)
     loss = -wasserstein + penalty
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -155,11 +174,13 @@ def critic_step(G, critic, opt_c, real, zdim, c_lambda):
     return loss, wasserstein, penalty
 
 
-def generator_step(G, critic, opt_g, batch, zdim, device):
+def generator_step(G, critic, opt_g, batch, zdim, device, amp=False):
     """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
     critic.requires_grad_(False)
     z = torch.randn(batch, zdim, device=device)
-    loss = -critic(G(z)).mean()
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        fake_scores = critic(G(z))
+    loss = -fake_scores.float().mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -172,9 +193,10 @@ def generator_step(G, critic, opt_g, batch, zdim, device):
 # ---------------------------------------------------------------------------------------------
 
 
-def build(args, channels, device):
-    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels).to(device)
-    critic = Critic(args.hidden_dim, args.image_size, channels, args.critic_norm).to(device)
+def build(args, channels, device, memory_format=torch.contiguous_format):
+    G = Generator(args.zdim, args.hidden_dim, args.image_size, channels)
+    critic = Critic(args.hidden_dim, args.image_size, channels, args.critic_norm)
+    G, critic = G.to(device, memory_format=memory_format), critic.to(device, memory_format=memory_format)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     opt_c = torch.optim.Adam(critic.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     return G, critic, opt_g, opt_c
@@ -204,8 +226,12 @@ def train(args):
         print(f"wrote {args.generate} images to {out / 'generated'}")
         return None
 
+    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
     data = common.make_batches(args, device)
-    G, critic, opt_g, opt_c = build(args, data.channels, device)
+    G, critic, opt_g, opt_c = build(args, data.channels, device, memory_format)
+    # only G is compiled (the penalty's double backward needs the eager critic); the steps call the
+    # compiled G, which shares G's parameters: checkpoints keep keys without an _orig_mod. prefix
+    fast_G = torch.compile(G) if args.compile else G
     fixed_z = torch.randn(64, args.zdim, device=device)
     step, batches_done = 0, 0
     if ckpt:
@@ -251,9 +277,12 @@ def train(args):
                 if real is None:  # an epoch ended: the next one starts in a new order
                     loader = data.batches(batches_done // len(data))
                     real = next(loader)
-                loss_c, wasserstein, penalty = critic_step(G, critic, opt_c, real, args.zdim, args.c_lambda)
+                real = real.contiguous(memory_format=memory_format)
+                loss_c, wasserstein, penalty = critic_step(
+                    fast_G, critic, opt_c, real, args.zdim, args.c_lambda, args.amp
+                )
                 batches_done += 1
-            loss_g = generator_step(G, critic, opt_g, data.batch, args.zdim, device)
+            loss_g = generator_step(fast_G, critic, opt_g, data.batch, args.zdim, device, args.amp)
             step += 1
             log.add(
                 data.batch * args.critic_repeats,
