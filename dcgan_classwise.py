@@ -20,6 +20,10 @@ steps as the largest chosen class has batches; a smaller class starts its next p
 
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, batch 128, z of size 100, --hidden_dim 64, 32 x 32).
 
+Speed, as in dcgan.py and none of it changing the maths: --amp (bfloat16 autocast forward passes,
+float32 losses), --compile (each pair's steps through torch.compile'd copies of its G and D; the
+checkpoints hold the plain modules), on CUDA cudnn.benchmark and channels_last unless --deterministic.
+
 Run folder:
     OUT/checkpoint.pt               the run: script, flags, step; what --resume takes
     OUT/class_<i>_<name>/           one per pair: checkpoint.pt (nets, optimizers, step, noise state),
@@ -89,6 +93,7 @@ def build_parser():
         "OUT/class_<i>_<name>/checkpoint.pt (one file per pair, each written atomically; "
         "a pair saved ahead of the others waits for them)."
     )
+    common.add_speed_flags(parser)
     return parser
 
 
@@ -106,22 +111,26 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def d_step(G, D, opt_d, real, zdim, noise):
-    """Real and fake batches through D in separate passes, as in dcgan.py."""
-    z = torch.randn(len(real), zdim, device=real.device, generator=noise)
-    with torch.no_grad():
-        fake = G(z)
-    loss = discriminator_loss(D(real), D(fake))
+def d_step(G, D, opt_d, real, args, noise):
+    """Real and fake batches through D in separate passes, as in dcgan.py; --amp as there."""
+    z = torch.randn(len(real), args.zdim, device=real.device, generator=noise)
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
+        with torch.no_grad():
+            fake = G(z)
+        real_logits, fake_logits = D(real), D(fake)
+    loss = discriminator_loss(real_logits.float(), fake_logits.float())
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, noise):
+def g_step(G, D, opt_g, batch, args, noise):
     D.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=noise.device, generator=noise)
-    loss = generator_loss(D(G(z)))
+    z = torch.randn(batch, args.zdim, device=noise.device, generator=noise)
+    with torch.autocast(noise.device.type, torch.bfloat16, enabled=args.amp):
+        fake_logits = D(G(z))
+    loss = generator_loss(fake_logits.float())
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -137,7 +146,7 @@ def g_step(G, D, opt_g, batch, zdim, noise):
 class Pair:
     """Class c's DCGAN: its images, G and D, their optimizers, its noise, and where it is in its data."""
 
-    def __init__(self, args, c, images, channels, device):
+    def __init__(self, args, c, images, channels, device, memory_format=torch.contiguous_format):
         self.c = c
         self.name = f"class_{c}_{common.CLASS_NAMES[args.dataset][c]}"
         self.data = (
@@ -145,8 +154,14 @@ class Pair:
         )
         with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
             torch.manual_seed(args.seed * 1000 + c)
-            self.G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch).to(device)
-            self.D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch).to(device)
+            self.G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch)
+            self.D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch)
+        self.memory_format = memory_format
+        self.G.to(device, memory_format=memory_format)
+        self.D.to(device, memory_format=memory_format)
+        self.fast_G, self.fast_D = self.G, self.D
+        if args.compile:  # the steps call compiled modules sharing the parameters; checkpoints use G, D
+            self.fast_G, self.fast_D = torch.compile(self.G), torch.compile(self.D)
         self.lr = args.lr
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
@@ -180,9 +195,10 @@ class Pair:
                 epoch = self.batches_done // len(self.data)
                 self.loader = self.data.batches(epoch, self.batches_done % len(self.data))
                 real = next(self.loader)
-            loss_d = d_step(self.G, self.D, self.opt_d, real, args.zdim, self.noise)
+            real = real.contiguous(memory_format=self.memory_format)
+            loss_d = d_step(self.fast_G, self.fast_D, self.opt_d, real, args, self.noise)
             self.batches_done += 1
-        loss_g = g_step(self.G, self.D, self.opt_g, self.data.batch, args.zdim, self.noise)
+        loss_g = g_step(self.fast_G, self.fast_D, self.opt_g, self.data.batch, args, self.noise)
         self.step += 1
         return loss_d, loss_g
 
@@ -226,12 +242,13 @@ def train(args):
         print(f"wrote {args.generate} images per class to {out}/class_*/generated")
         return None
 
+    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
     images, labels = common.load_tensor_dataset(args.dataset, args.data_root, args.image_size, args.classes)
     pairs = []
     for c in args.classes:
         if not (labels == c).any():
             common.fail(f"--classes: {args.dataset} in {args.data_root} has no images of class {c}")
-        pairs.append(Pair(args, c, images[labels == c], images.shape[1], device))
+        pairs.append(Pair(args, c, images[labels == c], images.shape[1], device, memory_format))
     if ckpt:
         for pair in pairs:
             pair.load(pair_checkpoint(args.resume, pair))
