@@ -223,7 +223,7 @@ def benchmark(opts, tmp):
     for name in opts.scripts:
         module = importlib.import_module(name)
         extra = script_args(name, opts)
-        known = script_flags(module)
+        known = script_flags(module) if opts.options else set()
         variants = [("fast", (), False), ("DataLoader + .item()", (), True)]
         variants += [("fast " + " ".join(o), o, False) for o in OPTIONS if set(o) <= known]
         results = {v[0]: [] for v in variants}
@@ -252,7 +252,7 @@ def benchmark(opts, tmp):
             row["data_pct"] = statistics.median(data) if data else ""
             rows.append(row)
         for o in OPTIONS:
-            if not set(o) <= known:
+            if opts.options and not set(o) <= known:
                 rows.append({"script": name, "image_size": size, "batch": args.batch})
                 rows[-1].update(variant="fast " + " ".join(o), images_per_s="n/a", ratio="n/a")
     return rows
@@ -304,6 +304,7 @@ def build_parser():
     p("--batch", type=common.positive_int, default=None, help="batch size (default: each script's)")
     p("--hidden_dim", type=common.positive_int, default=None, help="base width (default: each script's)")
     p("--log_every", type=common.positive_int, default=None, help="log period (default: each script's)")
+    p("--options", action=argparse.BooleanOptionalAction, default=True, help="--amp/--compile rows (on)")
     p("--profile", action="store_true", help="also the share of each step spent fetching batches")
     p("--csv", default=None, help="also write the rows to this CSV file")
     return parser
