@@ -72,17 +72,28 @@ positive_int = _typed(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _typed(int, lambda v: v >= 0, "zero or more")
 positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
+unit_interval = _typed(float, lambda v: 0 <= v < 1, "in [0, 1)")  # Adam's betas, dropout
 
 
 def add_common_flags(
-    parser, script, *, lr, batch, hidden_dim, critic_repeats, zdim=100, epochs=25, datasets=IMAGE_DATASETS
+    parser,
+    script,
+    *,
+    lr,
+    batch,
+    hidden_dim,
+    critic_repeats,
+    zdim=100,
+    epochs=25,
+    datasets=IMAGE_DATASETS,
+    lr_source="the paper's",
 ):
     """The flags CONVENTIONS.md promises on every image script, with this model's defaults."""
     parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
     p = parser.add_argument
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
     p("--zdim", type=positive_int, default=zdim, help=f"latent size (default {zdim})")
-    p("--lr", type=positive_float, default=lr, help=f"learning rate (default {lr}, the paper's)")
+    p("--lr", type=positive_float, default=lr, help=f"learning rate (default {lr}, {lr_source})")
     p("--batch", type=positive_int, default=batch, help=f"batch size (default {batch})")
     p("--hidden_dim", type=positive_int, default=hidden_dim, help=f"base width (default {hidden_dim})")
     p(
@@ -196,7 +207,7 @@ def parse_args(parser, argv):
             check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
         saved = ckpt["args"]
         for key, value in saved.items():
-            if key not in given and key not in ("resume", "generate") and hasattr(args, key):
+            if key not in given and key not in ("resume", "generate", "max_steps") and hasattr(args, key):
                 setattr(args, key, value)
     return args
 
@@ -255,7 +266,7 @@ def setup_backends(device, args, conv=True):
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be repeatable
     torch.use_deterministic_algorithms(args.deterministic)
     torch.backends.cudnn.benchmark = conv and not args.deterministic
-    return torch.channels_last if conv else torch.contiguous_format
+    return torch.channels_last if conv and not args.deterministic else torch.contiguous_format
 
 
 def seed_everything(seed):
@@ -499,6 +510,9 @@ class FolderBatches:
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            # its own generator: a DataLoader otherwise draws its workers' seed from the global RNG,
+            # which would shift every later z of a resumed run
+            generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch),
         )
         for x in loader:
             yield x.to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)

@@ -74,7 +74,7 @@ def build_parser():
         default="conv",
         help="conv: the paper's networks; linear: linDCGAN (default conv)",
     )
-    p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
+    p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
     common.add_speed_flags(parser)
     return parser
 

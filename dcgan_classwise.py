@@ -85,7 +85,7 @@ def build_parser():
         default="conv",
         help="conv: the paper's networks; linear: linDCGAN (default conv)",
     )
-    p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
+    p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
     flags = parser._option_string_actions
     flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     parser.epilog = (

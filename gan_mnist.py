@@ -68,7 +68,15 @@ def build_parser():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_flags(
-        parser, "gan_mnist", lr=2e-4, batch=64, hidden_dim=256, critic_repeats=1, zdim=100, epochs=50
+        parser,
+        "gan_mnist",
+        lr=2e-4,
+        batch=64,
+        hidden_dim=256,
+        critic_repeats=1,
+        zdim=100,
+        epochs=50,
+        lr_source="Radford et al. 2015; the paper used SGD with momentum",
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=28, help="images are resized to N x N (default 28)")
@@ -80,10 +88,10 @@ def build_parser():
         help="G's objective (default nonsaturating)",
     )
     p("--lr_d", type=common.positive_float, default=None, help="D's learning rate (default: same as --lr)")
-    p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5, Radford et al.)")
+    p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, Radford et al.)")
     p("--g_widths", type=width_list, default=None, help="G's hidden widths, e.g. 128,512 (default H,2H,4H)")
     p("--d_widths", type=width_list, default=None, help="D's hidden widths, e.g. 256 (default 4H,2H,H)")
-    p("--d_dropout", type=common.nonnegative_float, default=0.3, help="dropout after D's hidden layers (0.3)")
+    p("--d_dropout", type=common.unit_interval, default=0.3, help="dropout after D's hidden layers (0.3)")
     p(
         "--g_batchnorm",
         action=argparse.BooleanOptionalAction,
@@ -156,7 +164,8 @@ def d_step(G, D, opt_d, real, zdim, amp=False):
     amp: the forward passes in bfloat16 autocast, the loss on float32 logits."""
     z = torch.randn(len(real), zdim, device=real.device)
     with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        fake = G(z).detach()
+        with torch.no_grad():  # no gradient reaches G, and no graph is built for one
+            fake = G(z)
         real_logits, fake_logits = D(real), D(fake)
     loss = discriminator_loss(real_logits.float(), fake_logits.float())
     opt_d.zero_grad(set_to_none=True)

@@ -40,6 +40,7 @@ Examples:
 
 import argparse
 import math
+import types
 from pathlib import Path
 
 import torch
@@ -68,8 +69,8 @@ def build_parser():
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--loss", choices=("bce", "hinge"), default="bce", help="GAN loss (default bce; hinge as the paper)")
-    p("--beta1", type=float, default=0.5, help="Adam beta1 (default 0.5)")
-    p("--beta2", type=float, default=0.999, help="Adam beta2 (default 0.999)")
+    p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5)")
+    p("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2 (default 0.999)")
     common.add_speed_flags(parser)
     return parser
 
@@ -107,18 +108,18 @@ class Generator(nn.Module):
         return self.net(z.view(len(z), -1, 1, 1))
 
 
+def _float32_normalize(self, weight):
+    with torch.autocast(weight.device.type, enabled=False):
+        return type(self).forward(self, weight)
+
+
 def spectral_norm(layer):
     """torch's spectral_norm, its power iteration and sigma run with autocast off: under --amp they
-    stay float32 (CUDA's autocast would compute W v in bfloat16 and mix dtypes in u^T W v)."""
+    stay float32 (CUDA's autocast would compute W v in bfloat16 and mix dtypes in u^T W v).
+    Bound to the parametrization itself, so a deepcopy of D gets its own power iteration."""
     layer = nn.utils.parametrizations.spectral_norm(layer)
     sn = layer.parametrizations.weight[0]
-    normalize = sn.forward
-
-    def float32_forward(weight):
-        with torch.autocast(weight.device.type, enabled=False):
-            return normalize(weight)
-
-    sn.forward = float32_forward
+    sn.forward = types.MethodType(_float32_normalize, sn)
     return layer
 
 

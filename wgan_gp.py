@@ -69,8 +69,8 @@ def build_parser():
         default=10.0,
         help="gradient-penalty weight lambda (default 10, the paper's)",
     )
-    p("--beta1", type=float, default=0.0, help="Adam beta1 (default 0, Algorithm 1)")
-    p("--beta2", type=float, default=0.9, help="Adam beta2 (default 0.9, Algorithm 1)")
+    p("--beta1", type=common.unit_interval, default=0.0, help="Adam beta1 (default 0, Algorithm 1)")
+    p("--beta2", type=common.unit_interval, default=0.9, help="Adam beta2 (default 0.9, Algorithm 1)")
     p(
         "--critic_norm",
         choices=("layer", "none"),

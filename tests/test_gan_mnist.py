@@ -125,6 +125,12 @@ def test_resume_is_exact(mnist_root, tmp_path):
     assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 9)]
 
 
+def test_resume_without_flags_runs_to_the_end_not_to_the_old_max_steps(mnist_root, tmp_path):
+    run(mnist_root, tmp_path / "r", "--epochs", "2", "--max_steps", "3")
+    gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt")])
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 14  # 2 x 120 // 16
+
+
 def test_generate_writes_pngs(mnist_root, tmp_path):
     run(mnist_root, tmp_path / "r", "--max_steps", "1")
     gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--generate", "1000"])
@@ -135,7 +141,15 @@ def test_generate_writes_pngs(mnist_root, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--batch", "0"), ("--lr", "-1"), ("--epochs", "0"), ("--zdim", "x")]
+    "flag, value",
+    [
+        ("--batch", "0"),
+        ("--lr", "-1"),
+        ("--epochs", "0"),
+        ("--zdim", "x"),
+        ("--beta1", "1.5"),
+        ("--d_dropout", "1"),
+    ],
 )
 def test_bad_flag_values_stop_naming_the_flag(flag, value, capsys):
     with pytest.raises(SystemExit) as e:

@@ -60,10 +60,21 @@ def argparse_namespace(**kw):
 def test_amp_trains_with_finite_float32_losses(name, mnist_root, tmp_path):
     module = importlib.import_module(name)
     extra = ["--classes", "1,4"] if name == "dcgan_classwise" else []
-    module.main(
-        ["--data_root", mnist_root, *TINY, *image_args(name), *extra]
-        + ["--amp", "--max_steps", "2", "--out", str(tmp_path)]
-    )
+    dtypes = set()  # what the convolutions and linear layers really computed in
+
+    def record(module, inputs, output):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+            dtypes.add(output.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        module.main(
+            ["--data_root", mnist_root, *TINY, *image_args(name), *extra]
+            + ["--amp", "--max_steps", "2", "--out", str(tmp_path)]
+        )
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in dtypes  # --amp really ran the forward passes in bfloat16
     rows = common.read_log(tmp_path)
     losses = [v for r in rows for k, v in r.items() if k.startswith(("loss", "wasserstein", "penalty"))]
     assert len(rows) == 2 and losses and all(math.isfinite(v) for v in losses)
