@@ -161,3 +161,28 @@ def run_script(script, args, timeout=300):
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env
     )
+
+
+def count_steps(main, argv, monkeypatch):
+    """Train with main(argv), recording which network each optimizer step moved ("G", or "D" for the
+    discriminator / critic) and the epoch of each real batch drawn, without replacing either."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    import common
+
+    steps, drawn = [], []
+    original = common.TensorBatches.batches
+
+    def counting(self, epoch, start=0):
+        for x in original(self, epoch, start):
+            drawn.append(epoch)
+            yield x
+
+    monkeypatch.setattr(common.TensorBatches, "batches", counting)
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: steps.append(opt))
+    try:
+        G, _ = main(argv)
+    finally:
+        hook.remove()
+    g_params = {id(p) for p in G.parameters()}
+    return ["G" if id(o.param_groups[0]["params"][0]) in g_params else "D" for o in steps], drawn

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import count_steps
 from PIL import Image
 from torch.nn.utils import parametrize
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import common
 import sn_dcgan
@@ -83,22 +83,9 @@ def test_generator_step_leaves_d_unchanged():
 
 
 def test_critic_repeats_d_steps_per_generator_step_across_epoch_boundaries(mnist_root, tmp_path, monkeypatch):
-    steps, drawn = [], []
-    original = common.TensorBatches.batches
-
-    def counting(self, epoch, start=0):
-        for x in original(self, epoch, start):
-            drawn.append(epoch)
-            yield x
-
-    monkeypatch.setattr(common.TensorBatches, "batches", counting)
-    hook = register_optimizer_step_post_hook(lambda opt, a, k: steps.append(opt))
-    try:  # 120 images, batch 16: 7 batches an epoch; 8 x 2 D steps cross two epoch ends
-        G, _ = sn_dcgan.main(tiny(mnist_root, tmp_path, "--critic_repeats", "2", "--max_steps", "8"))
-    finally:
-        hook.remove()
-    g_params = {id(p) for p in G.parameters()}
-    order = ["G" if id(o.param_groups[0]["params"][0]) in g_params else "D" for o in steps]
+    # 120 images, batch 16: 7 batches an epoch; 8 x 2 D steps cross two epoch ends
+    argv = tiny(mnist_root, tmp_path, "--critic_repeats", "2", "--max_steps", "8")
+    order, drawn = count_steps(sn_dcgan.main, argv, monkeypatch)
     assert order == ["D", "D", "G"] * 8
     assert drawn == [0] * 7 + [1] * 7 + [2] * 2
 

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import count_steps
 from PIL import Image
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import common
 import wgan
@@ -88,23 +88,7 @@ def test_generator_step_leaves_the_critic_unchanged():
 
 
 def run_counting(mnist_root, out, monkeypatch, *extra):
-    """Train, recording which network each optimizer step moved and the epoch of each real batch."""
-    steps, drawn = [], []
-    original = common.TensorBatches.batches
-
-    def counting(self, epoch, start=0):
-        for x in original(self, epoch, start):
-            drawn.append(epoch)
-            yield x
-
-    monkeypatch.setattr(common.TensorBatches, "batches", counting)
-    hook = register_optimizer_step_post_hook(lambda opt, a, k: steps.append(opt))
-    try:
-        G, _ = wgan.main(tiny(mnist_root, out, *extra))
-    finally:
-        hook.remove()
-    g_params = {id(p) for p in G.parameters()}
-    return ["G" if id(o.param_groups[0]["params"][0]) in g_params else "C" for o in steps], drawn
+    return count_steps(wgan.main, tiny(mnist_root, out, *extra), monkeypatch)
 
 
 def test_critic_repeats_critic_steps_per_generator_step_across_epoch_boundaries(
@@ -114,13 +98,13 @@ def test_critic_repeats_critic_steps_per_generator_step_across_epoch_boundaries(
     order, drawn = run_counting(
         mnist_root, tmp_path, monkeypatch, "--critic_repeats", "4", "--max_steps", "4"
     )
-    assert order == ["C", "C", "C", "C", "G"] * 4
+    assert order == ["D", "D", "D", "D", "G"] * 4
     assert drawn == [0] * 7 + [1] * 7 + [2] * 2  # a fresh real batch for every critic step
 
 
 def test_warmup_critic_trains_the_critic_100_times_first(mnist_root, tmp_path, monkeypatch):
     order, drawn = run_counting(mnist_root, tmp_path, monkeypatch, "--warmup_critic", "--max_steps", "1")
-    assert order == ["C"] * 100 + ["G"] and len(drawn) == 100
+    assert order == ["D"] * 100 + ["G"] and len(drawn) == 100
 
 
 def test_smoke_main_writes_the_run_folder(mnist_root, tmp_path):

@@ -4,8 +4,8 @@ Algorithm 1's optimizer and schedule, and the contract (smoke, resume, --generat
 import pytest
 import torch
 import torch.nn as nn
+from conftest import count_steps
 from PIL import Image
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import common
 import wgan_gp
@@ -121,23 +121,10 @@ def test_generator_step_leaves_the_critic_unchanged():
 def test_critic_repeats_critic_steps_per_generator_step_across_epoch_boundaries(
     mnist_root, tmp_path, monkeypatch
 ):
-    steps, drawn = [], []
-    original = common.TensorBatches.batches
-
-    def counting(self, epoch, start=0):
-        for x in original(self, epoch, start):
-            drawn.append(epoch)
-            yield x
-
-    monkeypatch.setattr(common.TensorBatches, "batches", counting)
-    hook = register_optimizer_step_post_hook(lambda opt, a, k: steps.append(opt))
-    try:  # 120 images, batch 16: 7 batches an epoch, so 5 x 3 critic steps cross two epoch ends
-        G, _ = wgan_gp.main(tiny(mnist_root, tmp_path, "--critic_repeats", "3", "--max_steps", "5"))
-    finally:
-        hook.remove()
-    g_params = {id(p) for p in G.parameters()}
-    order = ["G" if id(o.param_groups[0]["params"][0]) in g_params else "C" for o in steps]
-    assert order == ["C", "C", "C", "G"] * 5
+    # 120 images, batch 16: 7 batches an epoch, so 5 x 3 critic steps cross two epoch ends
+    argv = tiny(mnist_root, tmp_path, "--critic_repeats", "3", "--max_steps", "5")
+    order, drawn = count_steps(wgan_gp.main, argv, monkeypatch)
+    assert order == ["D", "D", "D", "G"] * 5
     assert drawn == [0] * 7 + [1] * 7 + [2]  # a fresh real batch for every critic step
 
 
