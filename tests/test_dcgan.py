@@ -144,14 +144,18 @@ def test_smoke_image_folders_default_to_64px(dataset, celeba_root, folder_root, 
     assert Image.open(tmp_path / "samples" / "step_000001.png").size == (8 * 66 + 2, 8 * 66 + 2)
 
 
+def assert_same_weights(*pairs):
+    for one, two in pairs:
+        for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+
+
 def test_resume_is_exact(mnist_root, tmp_path):
     base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--log_every", "1"]
     G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
     dcgan.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
     G2, D2 = dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
-    for one, two in ((G1, G2), (D1, D2)):
-        for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
-            assert torch.equal(a, b), name
+    assert_same_weights((G1, G2), (D1, D2))
     rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
@@ -163,9 +167,7 @@ def test_resume_is_exact_on_an_image_folder(folder_root, tmp_path):
     G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
     dcgan.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
     G2, D2 = dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
-    for one, two in ((G1, G2), (D1, D2)):
-        for (name, a), b in zip(one.state_dict().items(), two.state_dict().values(), strict=True):
-            assert torch.equal(a, b), name
+    assert_same_weights((G1, G2), (D1, D2))
 
 
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
