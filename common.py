@@ -9,7 +9,10 @@ Nothing here trains anything: every model file keeps its own networks, losses an
   images through a DataLoader with workers; a clear message when data is missing;
 - output: image grids, GIFs, loss plots, latent interpolation, PNG files for `--generate`,
   a CSV log with a progress line, atomic checkpoints, RNG state, device choice;
-- speed: --amp, --compile and --deterministic, cudnn and channels_last on CUDA (setup_backends).
+- speed: --amp, --compile and --deterministic, cudnn and channels_last on CUDA (setup_backends);
+- `Run`: the plumbing of one training run (device and seed, checkpoint check, restore and save,
+  the log, Ctrl-C, per-epoch grids, --generate, the closing plots), so that a model file's
+  train() shows its algorithm and nothing else. The model hands it what it owns, by name.
 """
 
 import argparse
@@ -280,10 +283,11 @@ def seed_everything(seed):
         pass
 
 
-def rng_state():
+def rng_state(device=torch.device("cpu")):
+    """Python's, numpy's and torch's CPU generators, and the training GPU's (only when training on one)."""
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     try:
         import numpy
 
@@ -293,15 +297,30 @@ def rng_state():
     return state
 
 
-def set_rng_state(state):
+def set_rng_state(state, device=torch.device("cpu")):
+    """Restore what rng_state saved; a GPU state is used only when this run trains on a GPU too."""
     random.setstate(state["python"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if device.type == "cuda" and isinstance(state.get("cuda"), torch.Tensor):
+        torch.cuda.set_rng_state(state["cuda"], device)
     if "numpy" in state:
         import numpy
 
         numpy.random.set_state(state["numpy"])
+
+
+def amp_dtype(device, amp, bf16_supported=None):
+    """The autocast dtype of --amp: bfloat16 (no loss scaling needed), or None when --amp is off.
+
+    On a CUDA GPU without bfloat16 (T4, V100 and older) autocast would emulate it slowly or fail;
+    stop with a message instead (float16 would need a gradient scaler threaded through every step)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+        if not supported:
+            fail(f"--amp: {device} has no bfloat16 support (T4, V100 and older GPUs); run without --amp")
+    return torch.bfloat16
 
 
 def save_checkpoint(path, state):
@@ -309,7 +328,7 @@ def save_checkpoint(path, state):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({**state, "rng": rng_state()}, tmp)
+    torch.save({"rng": rng_state(), **state}, tmp)
     os.replace(tmp, path)
 
 
@@ -731,3 +750,224 @@ def check_image_size(parser, size, smallest=16):
         parser.error(
             f"--image_size {size}: must be a power of two, at least {smallest} (16, 32, 64, 128, ...)"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: everything a training script does besides training
+# ---------------------------------------------------------------------------------------------
+
+
+class Autocast(torch.nn.Module):
+    """A network whose forward pass runs under autocast (--amp) and hands back float32.
+
+    The model's step functions stay plain float32 maths; parameters and state_dict are the wrapped
+    network's own (this wrapper is never saved: checkpoints hold the networks themselves)."""
+
+    def __init__(self, net, device_type, dtype):
+        super().__init__()
+        self.net, self.device_type, self.dtype = net, device_type, dtype
+
+    def forward(self, *inputs):
+        with torch.autocast(self.device_type, self.dtype):
+            return self.net(*inputs).float()
+
+
+class Run:
+    """The plumbing of one training run, so that a model's train() shows its algorithm and no more.
+
+    The model file, in order:
+        run = Run(args, SCRIPT, SHAPE_FLAGS)       device, seed, CUDA settings, --resume checked
+        run.track(G=G, D=D, opt_g=opt_g, ...)      what is saved; restored in place on --resume
+        fast_G = run.fast(G)                       --compile / --amp, if asked for
+        run.start(data, total, grid)               the log, the position in the data, the console
+        with run:                                  Ctrl-C: finish the step, then save
+            while run.running():
+                real = run.real_batch()            ... the paper's updates ...
+                run.step_done(images, loss_d=..., loss_g=...)   log; grid + checkpoint each epoch
+        run.finish(sample, [["loss_d", "loss_g"]])  last checkpoint, GIF, loss plot, latent walk
+    and for --generate: run.track(G=G), then run.generate(sample, zdim).
+
+    Everything in a checkpoint is what the model tracked plus: script, args, step, batches_done,
+    epoch, elapsed, channels and the RNG state of the CPU and of the training device."""
+
+    def __init__(self, args, script, shape_flags, conv=True, auto_device=None):
+        self.args, self.script = args, script
+        # auto_device: a model too small for a GPU says "cpu" here (gan_gaussian)
+        self.device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
+        seed_everything(args.seed)
+        self.out = Path(args.out)
+        self.ckpt = None
+        if args.resume:
+            self.ckpt = load_checkpoint_file(args.resume)
+            check_checkpoint(self.ckpt, script, args, shape_flags)
+        speed = hasattr(args, "deterministic")  # the image scripts' --amp, --compile, --deterministic
+        self.memory_format = setup_backends(self.device, args, conv) if speed else torch.contiguous_format
+        self.amp = amp_dtype(self.device, getattr(args, "amp", False))
+        self.things = {}
+        self.step = self.ckpt["step"] if self.ckpt else 0
+        self.batches_done = self.ckpt["batches_done"] if self.ckpt else 0
+        self.data, self.loader, self.log, self._stop = None, None, None, None
+
+    @property
+    def channels(self):
+        """Image channels of the checkpoint's networks (for --generate, which reads no data)."""
+        return self.ckpt["channels"]
+
+    # -- what is saved ---------------------------------------------------------------------------
+
+    def track(self, **things):
+        """Name the networks, optimizers, tensors (fixed noise) and CPU noise generators to save.
+
+        On --resume each is restored in place from the checkpoint. An optimizer keeps this run's
+        hyperparameters (--lr, --beta1, ...): only its state (moments, step counts) is restored."""
+        self.things.update(things)
+        if self.ckpt is None:
+            return
+        for name, thing in things.items():
+            if name not in self.ckpt:
+                fail(f"--resume {self.args.resume}: no {name!r} in it (made by an older {self.script}?)")
+            saved = self.ckpt[name]
+            if isinstance(thing, torch.nn.Module):
+                thing.load_state_dict(saved)
+            elif isinstance(thing, torch.optim.Optimizer):
+                flags = [{k: v for k, v in group.items() if k != "params"} for group in thing.param_groups]
+                thing.load_state_dict(saved)
+                for group, mine in zip(thing.param_groups, flags):
+                    group.update(mine)
+            elif isinstance(thing, torch.Generator):
+                thing.set_state(saved)
+            else:
+                thing.copy_(saved)
+
+    def _states(self):
+        states = {}
+        for name, thing in self.things.items():
+            if isinstance(thing, (torch.nn.Module, torch.optim.Optimizer)):
+                states[name] = thing.state_dict()
+            elif isinstance(thing, torch.Generator):
+                states[name] = thing.get_state()
+            else:
+                states[name] = thing
+        return states
+
+    def save(self):
+        """The checkpoint, atomically; refused (the last one kept) if a network holds NaN or inf."""
+        states = self._states()
+        for name, thing in self.things.items():
+            if isinstance(thing, torch.nn.Module):
+                tensors = [t for t in states[name].values() if t.is_floating_point()]
+                if tensors and not torch.stack([t.isfinite().all() for t in tensors]).all():
+                    fail(
+                        f"{name} has NaN or infinite weights at step {self.step}; stopped "
+                        f"(the last checkpoint is left as it was)"
+                    )
+        made = {"script": self.script, "args": vars(self.args), "step": self.step}
+        made.update(batches_done=self.batches_done, epoch=self.epoch(), rng=rng_state(self.device))
+        made.update(
+            elapsed=self.log.elapsed() if self.log else 0.0, channels=getattr(self.data, "channels", None)
+        )
+        save_checkpoint(self.out / "checkpoint.pt", {**states, **made})
+
+    # -- speed -----------------------------------------------------------------------------------
+
+    def fast(self, net, compile=True):
+        """The network the training steps call: compiled with --compile (unless compile=False),
+        under autocast with --amp. It shares the network's parameters; checkpoints use the network."""
+        if compile and getattr(self.args, "compile", False):
+            net = torch.compile(net)
+        return Autocast(net, self.device.type, self.amp) if self.amp else net
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def start(self, data, total, grid=None, about=None, log_extra=None):
+        """Begin (or continue) training on `data` for `total` generator steps (--max_steps caps it).
+
+        grid(): images for the sample grid, saved each epoch (or --sample_every steps) with a
+        checkpoint. log_extra(): more columns for each log row (read only when a row is written)."""
+        self.data, self.grid, self.log_extra = data, grid, log_extra
+        args = self.args
+        self.total = min(total, args.max_steps) if args.max_steps else total
+        if self.ckpt:
+            set_rng_state(self.ckpt["rng"], self.device)
+            truncate_log(self.out, self.step)
+            print(f"resumed from {args.resume} at step {self.step}")
+        self.out.mkdir(parents=True, exist_ok=True)
+        elapsed = self.ckpt["elapsed"] if self.ckpt else 0.0
+        self.log = RunLog(self.out, self.total, args.log_every, self.step, elapsed)
+        self.last_epoch, self.grid_at = self.epoch(), self.step
+        about = about or f"{args.dataset}, {len(data)} batches of {data.batch} per epoch"
+        print(f"{self.script}: {about}, {self.total} steps on {self.device}", flush=True)
+
+    def epoch(self):
+        return self.batches_done // len(self.data) if self.data else 0
+
+    def __enter__(self):
+        self._stop = StopRequest().__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._stop.__exit__(*exc)
+
+    def running(self):
+        """True while there are steps left and nobody pressed Ctrl-C."""
+        return self.step < self.total and not (self._stop and self._stop.requested)
+
+    def real_batch(self):
+        """The next real batch (in the training memory format); an epoch's end starts the next, reshuffled."""
+        real = next(self.loader, None) if self.loader else None
+        if real is None:
+            n = len(self.data)
+            self.loader = self.data.batches(self.batches_done // n, self.batches_done % n)
+            real = next(self.loader)
+        self.batches_done += 1
+        return real.contiguous(memory_format=self.memory_format)
+
+    def step_done(self, images, **losses):
+        """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint."""
+        self.step += 1
+        self.log.add(images, **losses)
+        self._log_row()
+        epoch = self.epoch()
+        every = getattr(self.args, "sample_every", None)
+        if epoch > self.last_epoch or (every and self.step % every == 0):
+            name = f"epoch_{epoch:04d}" if epoch > self.last_epoch else f"step_{self.step:06d}"
+            self.last_epoch = epoch
+            if self.grid:
+                save_grid(self.grid(), self.out / "samples" / f"{name}.png")
+                self.grid_at = self.step
+            self._log_row(force=True)  # the losses are checked finite before the save
+            self.save()
+
+    def _log_row(self, force=False):
+        due = force or self.step % self.log.every == 0 or self.step == self.total
+        extra = self.log_extra() if self.log_extra and due and self.log.count else {}
+        self.log.step(self.step, self.epoch(), force=force, **extra)
+
+    def finish(self, sample=None, losses=(), title=None):
+        """The last log row and checkpoint, the last grid, progress.gif, losses.png, interpolation.png."""
+        self._log_row(force=True)
+        self.save()
+        if self.grid and self.grid_at != self.step:
+            save_grid(self.grid(), self.out / "samples" / f"step_{self.step:06d}.png")
+        grids = sorted((self.out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+        save_gif(grids, self.out / "progress.gif")
+        if losses:
+            plot_losses(self.out, losses, title=title or self.script)
+        if sample:
+            walk = torch.Generator().manual_seed(self.args.seed + 1)
+            ends = torch.randn(2, 8, self.args.zdim, generator=walk).to(self.device)
+            images = sample(interpolation_latents(ends[0], ends[1], 10))
+            save_grid(images, self.out / "interpolation.png", nrow=10)
+        stopped = self._stop is not None and self._stop.requested
+        print(f"{'stopped' if stopped else 'done'} at step {self.step}; outputs in {self.out}")
+
+    # -- --generate ------------------------------------------------------------------------------
+
+    def generate(self, sample, zdim, folder=None, seed=None, chunk=500):
+        """--generate N: N images from the tracked G as PNGs, written `chunk` at a time."""
+        n, folder = self.args.generate, Path(folder or self.out / "generated")
+        noise = torch.Generator().manual_seed(self.args.seed if seed is None else seed)
+        for start in range(0, n, chunk):
+            z = torch.randn(min(chunk, n - start), zdim, generator=noise)
+            save_pngs(sample(z.to(self.device)), folder, start)
+        print(f"wrote {n} images to {folder}")

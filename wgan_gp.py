@@ -23,9 +23,9 @@ Defaults, and where they come from:
   each sample over (C, H, W) with a per-channel scale and offset; --critic_norm none drops it.
 - DCGAN-shaped networks (G: BatchNorm + ReLU, tanh; critic: strided convs, LeakyReLU 0.2),
   --hidden_dim 64 filters at the image end, doubling toward 4 x 4; images 32 x 32.
-- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast,
-  the losses in float32, and the penalty's gradient (taken with respect to the float32 x_hat,
-  so float32) and its norm in float32; --compile compiles G only, the critic stays eager
+- Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
+  autocast and everything else in float32: the losses, and the penalty's gradient (taken with
+  respect to the float32 x_hat) and its norm; --compile compiles G only, the critic stays eager
   (torch.compile does not support the double backward of the penalty); on CUDA, cudnn.benchmark
   and channels_last unless --deterministic.
 
@@ -38,7 +38,6 @@ Examples:
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -142,31 +141,24 @@ class Critic(nn.Module):
 # ---------------------------------------------------------------------------------------------
 
 
-def gradient_penalty(critic, real, fake, c_lambda, eps=None, amp=False):
+def gradient_penalty(critic, real, fake, c_lambda, eps=None):
     """lambda * mean_i (||grad f(x_hat_i)||_2 - 1)^2 with x_hat_i = eps_i x_i + (1 - eps_i) G(z_i).
 
-    amp: f(x_hat) in bfloat16 autocast; x_hat itself is made outside it, in the batch's dtype, so
-    the gradient comes back in that dtype (float32) and the norm and the square are taken there."""
+    x_hat is float32 (made from float32 batches), so its gradient and the norm are float32 even
+    when the critic itself runs under --amp's autocast."""
     if eps is None:
-        eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake.to(real.dtype)).requires_grad_(True)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        scores = critic(x_hat)
-    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+        eps = torch.rand(len(real), *[1] * (real.dim() - 1), device=real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(x_hat).sum(), x_hat, create_graph=True)
     return c_lambda * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_step(G, critic, opt_c, real, zdim, c_lambda, amp=False):
-    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty).
-
-    amp: the forward passes in bfloat16 autocast, the loss on float32 scores."""
-    z = torch.randn(len(real), zdim, device=real.device)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        with torch.no_grad():
-            fake = G(z)
-        real_scores, fake_scores = critic(real), critic(fake)
-    wasserstein = real_scores.float().mean() - fake_scores.float().mean()
-    penalty = gradient_penalty(critic, real, fake, c_lambda, amp=amp)
+def critic_step(G, critic, opt_c, real, zdim, c_lambda):
+    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty)."""
+    with torch.no_grad():
+        fake = G(torch.randn(len(real), zdim, device=real.device))
+    wasserstein = critic(real).mean() - critic(fake).mean()
+    penalty = gradient_penalty(critic, real, fake, c_lambda)
     loss = -wasserstein + penalty
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -174,13 +166,10 @@ def critic_step(G, critic, opt_c, real, zdim, c_lambda, amp=False):
     return loss, wasserstein, penalty
 
 
-def generator_step(G, critic, opt_g, batch, zdim, device, amp=False):
+def generator_step(G, critic, opt_g, batch, zdim, device):
     """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
     critic.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        fake_scores = critic(G(z))
-    loss = -fake_scores.float().mean()
+    loss = -critic(G(torch.randn(batch, zdim, device=device))).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -211,111 +200,29 @@ def sample(G, z):
 
 
 def train(args):
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    out = Path(args.out)
-    ckpt = None
-    if args.resume:
-        ckpt = common.load_checkpoint_file(args.resume)
-        common.check_checkpoint(ckpt, SCRIPT, args, SHAPE_FLAGS)
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
-        G, *_ = build(args, ckpt["image_shape"][0], device)
-        G.load_state_dict(ckpt["G"])
-        z = torch.randn(args.generate, args.zdim, generator=torch.Generator().manual_seed(args.seed))
-        common.save_pngs(sample(G, z.to(device)), out / "generated")
-        print(f"wrote {args.generate} images to {out / 'generated'}")
-        return None
-
-    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
-    data = common.make_batches(args, device)
-    G, critic, opt_g, opt_c = build(args, data.channels, device, memory_format)
-    # only G is compiled (the penalty's double backward needs the eager critic); the steps call the
-    # compiled G, which shares G's parameters: checkpoints keep keys without an _orig_mod. prefix
-    fast_G = torch.compile(G) if args.compile else G
-    fixed_z = torch.randn(64, args.zdim, device=device)
-    step, batches_done = 0, 0
-    if ckpt:
-        G.load_state_dict(ckpt["G"])
-        critic.load_state_dict(ckpt["D"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_c.load_state_dict(ckpt["opt_d"])
-        for opt in (opt_g, opt_c):
-            for group in opt.param_groups:
-                group["lr"] = args.lr  # a --lr given with --resume wins over the saved one
-        step, batches_done, fixed_z = ckpt["step"], ckpt["batches_done"], ckpt["fixed_z"].to(device)
-        common.set_rng_state(ckpt["rng"])
-        common.truncate_log(out, step)
-        print(f"resumed from {args.resume} at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    total = args.epochs * len(data) // args.critic_repeats
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    log = common.RunLog(out, total, args.log_every, step, ckpt["elapsed"] if ckpt else 0.0)
-
-    def save():
-        state = {
-            "G": G.state_dict(),
-            "D": critic.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_c.state_dict(),
-        }
-        state.update(script=SCRIPT, args=vars(args), step=step, batches_done=batches_done, fixed_z=fixed_z)
-        state.update(epoch=batches_done // len(data), elapsed=log.elapsed(), image_shape=list(G.image_shape))
-        common.save_checkpoint(out / "checkpoint.pt", state)
-
-    epoch = batches_done // len(data)
-    saved_grid_at = step
-    loader = data.batches(epoch, batches_done % len(data))
-    print(
-        f"{SCRIPT}: {args.dataset}, {len(data)} batches of {data.batch} per epoch, {total} steps on {device}"
-    )
-    with common.StopRequest() as stop:
-        while step < total and not stop.requested:
+        G = build(args, run.channels, run.device)[0]
+        run.track(G=G)
+        return run.generate(lambda z: sample(G, z), args.zdim)
+    data = common.make_batches(args, run.device)
+    G, critic, opt_g, opt_c = build(args, data.channels, run.device, run.memory_format)
+    fixed_z = torch.randn(64, args.zdim, device=run.device)
+    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
+    # the critic is never compiled: torch.compile does not run the penalty's double backward
+    fast_G, fast_critic = run.fast(G), run.fast(critic, compile=False)
+    run.start(data, args.epochs * len(data) // args.critic_repeats, grid=lambda: sample(G, fixed_z))
+    with run:
+        while run.running():
             for _ in range(args.critic_repeats):
-                real = next(loader, None)
-                if real is None:  # an epoch ended: the next one starts in a new order
-                    loader = data.batches(batches_done // len(data))
-                    real = next(loader)
-                real = real.contiguous(memory_format=memory_format)
                 loss_c, wasserstein, penalty = critic_step(
-                    fast_G, critic, opt_c, real, args.zdim, args.c_lambda, args.amp
+                    fast_G, fast_critic, opt_c, run.real_batch(), args.zdim, args.c_lambda
                 )
-                batches_done += 1
-            loss_g = generator_step(fast_G, critic, opt_g, data.batch, args.zdim, device, args.amp)
-            step += 1
-            log.add(
-                data.batch * args.critic_repeats,
-                loss_c=loss_c,
-                loss_g=loss_g,
-                wasserstein=wasserstein,
-                penalty=penalty,
-            )
-            log.step(step, batches_done // len(data))
-            finished_epoch = batches_done // len(data) > epoch
-            if finished_epoch or (args.sample_every and step % args.sample_every == 0):
-                epoch = batches_done // len(data)
-                name = f"epoch_{epoch:04d}" if finished_epoch else f"step_{step:06d}"
-                common.save_grid(sample(G, fixed_z), out / "samples" / f"{name}.png")
-                saved_grid_at = step
-                log.step(step, epoch, force=True)  # checks the losses are finite before saving
-                save()
-    log.step(step, batches_done // len(data), force=True)
-    save()
-    if saved_grid_at != step:
-        common.save_grid(sample(G, fixed_z), out / "samples" / f"step_{step:06d}.png")
-    common.save_gif(
-        sorted((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime), out / "progress.gif"
-    )
-    common.plot_losses(
-        out, [["loss_c", "loss_g"], ["wasserstein"], ["penalty"]], title=f"{SCRIPT} (lambda {args.c_lambda})"
-    )
-    walk = torch.Generator().manual_seed(args.seed + 1)
-    z_ends = torch.randn(2, 8, args.zdim, generator=walk).to(device)
-    common.save_grid(
-        sample(G, common.interpolation_latents(z_ends[0], z_ends[1], 10)), out / "interpolation.png", 10
-    )
-    print(f"{'stopped' if stop.requested else 'done'} at step {step}; outputs in {out}")
+            loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
+            losses = dict(loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein, penalty=penalty)
+            run.step_done(data.batch * args.critic_repeats, **losses)
+    plots = [["loss_c", "loss_g"], ["wasserstein"], ["penalty"]]
+    run.finish(lambda z: sample(G, z), plots, title=f"{SCRIPT} (lambda {args.c_lambda})")
     return G, critic
 
 

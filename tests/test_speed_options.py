@@ -105,7 +105,7 @@ def test_penalty_under_amp_is_lambda_times_norm_minus_one_squared_for_a_linear_c
     w = torch.randn(3, 8, 8)
     critic = LinearCritic(w / w.norm() * norm)
     real, fake = torch.randn(2, 16, 3, 8, 8)
-    penalty = wgan_gp.gradient_penalty(critic, real, fake, 10.0, amp=True)
+    penalty = wgan_gp.gradient_penalty(common.Autocast(critic, "cpu", torch.bfloat16), real, fake, 10.0)
     assert critic.dtype == torch.bfloat16  # the critic really ran under autocast
     assert penalty.dtype == torch.float32
     torch.testing.assert_close(penalty, torch.tensor(10 * (norm - 1) ** 2), rtol=BF16_RTOL, atol=0)
@@ -122,7 +122,7 @@ def test_penalty_of_the_real_critic_under_amp_matches_float32(norm):
     real, fake = torch.rand(2, 16, 1, 16, 16) * 2 - 1
     eps = torch.rand(16, 1, 1, 1)
     exact = wgan_gp.gradient_penalty(critic, real, fake, 10.0, eps=eps)
-    fast = wgan_gp.gradient_penalty(critic, real, fake, 10.0, eps=eps, amp=True)
+    fast = wgan_gp.gradient_penalty(common.Autocast(critic, "cpu", torch.bfloat16), real, fake, 10.0, eps=eps)
     assert fast.dtype == torch.float32 and exact.item() > 1e-3  # a penalty far enough from 0 to compare
     torch.testing.assert_close(fast, exact, rtol=BF16_RTOL, atol=0)
 
