@@ -883,7 +883,8 @@ class Run:
         """Begin (or continue) training on `data` for `total` generator steps (--max_steps caps it).
 
         grid(): images for the sample grid, saved each epoch (or --sample_every steps) with a
-        checkpoint. log_extra(): more columns for each log row (read only when a row is written)."""
+        checkpoint (or {subfolder: images}: one grid in each OUT/subfolder/samples/, one GIF in each).
+        log_extra(): more columns for each log row (read only when a row is written)."""
         self.data, self.grid, self.log_extra = data, grid, log_extra
         args = self.args
         self.total = min(total, args.max_steps) if args.max_steps else total
@@ -894,7 +895,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         elapsed = self.ckpt["elapsed"] if self.ckpt else 0.0
         self.log = RunLog(self.out, self.total, args.log_every, self.step, elapsed)
-        self.last_epoch, self.grid_at = self.epoch(), self.step
+        self.last_epoch, self.grid_at, self.grid_folders = self.epoch(), self.step, {self.out}
         about = about or f"{args.dataset}, {len(data)} batches of {data.batch} per epoch"
         print(f"{self.script}: {about}, {self.total} steps on {self.device}", flush=True)
 
@@ -932,11 +933,19 @@ class Run:
         if epoch > self.last_epoch or (every and self.step % every == 0):
             name = f"epoch_{epoch:04d}" if epoch > self.last_epoch else f"step_{self.step:06d}"
             self.last_epoch = epoch
-            if self.grid:
-                save_grid(self.grid(), self.out / "samples" / f"{name}.png")
-                self.grid_at = self.step
+            self._save_grids(name)
             self._log_row(force=True)  # the losses are checked finite before the save
             self.save()
+
+    def _save_grids(self, name):
+        """grid() gives the images of OUT/samples/NAME.png, or {subfolder: images} for several grids."""
+        if not self.grid:
+            return
+        images = self.grid()
+        for sub, x in images.items() if isinstance(images, dict) else [("", images)]:
+            save_grid(x, self.out / sub / "samples" / f"{name}.png")
+            self.grid_folders.add(self.out / sub)
+        self.grid_at = self.step
 
     def _log_row(self, force=False):
         due = force or self.step % self.log.every == 0 or self.step == self.total
@@ -947,10 +956,11 @@ class Run:
         """The last log row and checkpoint, the last grid, progress.gif, losses.png, interpolation.png."""
         self._log_row(force=True)
         self.save()
-        if self.grid and self.grid_at != self.step:
-            save_grid(self.grid(), self.out / "samples" / f"step_{self.step:06d}.png")
-        grids = sorted((self.out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
-        save_gif(grids, self.out / "progress.gif")
+        if self.grid_at != self.step:
+            self._save_grids(f"step_{self.step:06d}")
+        for folder in self.grid_folders:
+            grids = sorted((folder / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+            save_gif(grids, folder / "progress.gif")
         if losses:
             plot_losses(self.out, losses, title=title or self.script)
         if sample:
