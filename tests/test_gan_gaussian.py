@@ -5,6 +5,7 @@ import csv
 import pytest
 import torch
 
+import common
 import gan_gaussian
 
 
@@ -18,7 +19,10 @@ def test_default_run_reaches_the_target_mean_and_std(tmp_path):
     with open(tmp_path / "r" / "log.csv") as f:
         rows = list(csv.DictReader(f))
     assert {"step", "loss_d", "loss_g", "gen_mean", "gen_std"} <= set(rows[0])
-    assert len(rows) == 100 and rows[-1]["step"] == "5000"
+    assert all(r["gen_mean"] and r["gen_std"] for r in rows)
+    # a row every --log_every (50) steps, plus one at each epoch's end (156 steps), with its checkpoint
+    assert [r["step"] for r in rows if int(r["step"]) % 50 == 0] == [str(s) for s in range(50, 5001, 50)]
+    assert {str(e * 156) for e in range(1, 33)} <= {r["step"] for r in rows} and rows[-1]["step"] == "5000"
 
 
 def test_networks_are_the_specified_ones():
@@ -40,24 +44,27 @@ def test_uniform_noise_is_uniform_on_minus_one_one():
 def test_two_dimensions_end_to_end(tmp_path):
     out = tmp_path / "r"
     G, D, mean, std = gan_gaussian.main(
-        ["--dims", "2", "--mean", "-1", "--out", str(out), "--max_steps", "300"]
+        ["--dims", "2", "--mean", "-1", "--out", str(out), "--max_steps", "300", "--device", "cpu"]
     )
     assert G(torch.rand(5, 2)).shape == (5, 2) and mean.shape == (2,) and std.shape == (2,)
     # 300 steps already move both marginals from G's start near 0 toward the target -1
     assert (mean < -0.5).all()
-    gan_gaussian.main(["--resume", str(out / "checkpoint.pt"), "--generate", "7"])
+    gan_gaussian.main(["--resume", str(out / "checkpoint.pt"), "--generate", "7", "--device", "cpu"])
     rows = list(csv.reader(open(out / "generated.csv")))
     assert len(rows) == 7 and all(len(r) == 2 for r in rows)
 
 
 def test_epochs_are_passes_over_the_training_set(tmp_path):
-    gan_gaussian.main(["--epochs", "2", "--train_size", "640", "--out", str(tmp_path / "r")])
+    gan_gaussian.main(
+        ["--epochs", "2", "--train_size", "640", "--out", str(tmp_path / "r"), "--device", "cpu"]
+    )
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 20  # 640 / 64 x 2
 
 
 def test_resume_is_exact(tmp_path):
-    G1, D1, *_ = gan_gaussian.main(["--out", str(tmp_path / "a"), "--steps", "60"])
-    gan_gaussian.main(["--out", str(tmp_path / "b"), "--steps", "60", "--max_steps", "30"])
+    cpu = ["--device", "cpu"]
+    G1, D1, *_ = gan_gaussian.main(["--out", str(tmp_path / "a"), "--steps", "60", *cpu])
+    gan_gaussian.main(["--out", str(tmp_path / "b"), "--steps", "60", "--max_steps", "30", *cpu])
     G2, D2, *_ = gan_gaussian.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "60"])
     for a, b in zip(
         [*G1.state_dict().values(), *D1.state_dict().values()],
@@ -70,7 +77,7 @@ def test_resume_is_exact(tmp_path):
 def test_smoke_through_the_entry_point(tmp_path):
     from conftest import run_script
 
-    r = run_script("gan_gaussian.py", ["--max_steps", "1", "--out", str(tmp_path / "r")])
+    r = run_script("gan_gaussian.py", ["--max_steps", "1", "--out", str(tmp_path / "r"), "--device", "cpu"])
     assert r.returncode == 0, r.stderr
     assert "done at step 1" in r.stdout and (tmp_path / "r" / "distribution.png").exists()
 
@@ -86,6 +93,33 @@ def test_bad_flags_are_refused(argv, flag, capsys):
 
 
 def test_checkpoint_with_other_dims_is_refused(tmp_path):
-    gan_gaussian.main(["--out", str(tmp_path / "r"), "--max_steps", "1"])
+    gan_gaussian.main(["--out", str(tmp_path / "r"), "--max_steps", "1", "--device", "cpu"])
     with pytest.raises(SystemExit, match="--dims 1.*--dims 3"):
         gan_gaussian.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--dims", "3"])
+
+
+def test_checkpoints_each_epoch_so_a_killed_run_can_resume(tmp_path, monkeypatch):
+    """An epoch is 10,000 / 64 = 156 steps: a run killed at step 200 has the checkpoint of step 156."""
+    real_g_step = gan_gaussian.g_step
+    calls = []
+
+    def dies_at_step_200(*args):
+        calls.append(1)
+        if len(calls) == 200:
+            raise KeyboardInterrupt  # killed: no Ctrl-C handler ran, nothing saved at this point
+        return real_g_step(*args)
+
+    monkeypatch.setattr(gan_gaussian, "g_step", dies_at_step_200)
+    with pytest.raises(KeyboardInterrupt):
+        gan_gaussian.main(["--out", str(tmp_path / "r"), "--device", "cpu"])
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 156 and ckpt["batches_done"] == 156
+
+
+def test_auto_device_trains_on_the_cpu_even_where_a_gpu_is_visible(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    args = gan_gaussian.build_parser().parse_args(["--out", str(tmp_path / "r")])
+    assert args.device == "auto"
+    run = common.Run(args, gan_gaussian.SCRIPT, gan_gaussian.SHAPE_FLAGS, conv=False, auto_device="cpu")
+    assert run.device == torch.device("cpu")
+    assert gan_gaussian.build_parser()._option_string_actions["--device"].help.startswith("auto (= cpu")
