@@ -28,9 +28,11 @@ Defaults, and where they come from: Adam lr 2e-4, beta1 0.5 (beta2 0.999), batch
 to the logit; G projects z with a linear layer to 4 x 4, then transposed convolutions up to full
 size and a final 3 x 3 convolution to the image. Not the paper's network; kept for comparison.
 
-Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast and the
-losses in float32; --compile runs the steps through torch.compile'd copies of G and D (checkpoints
-hold the plain modules); on CUDA, cudnn.benchmark and channels_last unless --deterministic.
+Speed, none of which changes the maths, set up once in train() so that the step functions stay plain
+float32 code: --amp runs the forward passes of G and D in bfloat16 autocast and hands their outputs
+back in float32, so the losses are float32; --compile runs the steps through torch.compile'd copies
+of G and D (checkpoints hold the plain modules); on CUDA, cudnn.benchmark and channels_last unless
+--deterministic.
 
 Examples:
     python dcgan.py --data_root ./data --epochs 5                     # MNIST, 32 x 32
@@ -42,7 +44,6 @@ Examples:
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -177,29 +178,21 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def d_step(G, D, opt_d, real, zdim, amp=False):
-    """Update D on a real batch and a fake one, each through D on its own (own BN statistics).
-
-    amp: the forward passes in bfloat16 autocast, the loss on float32 logits."""
-    z = torch.randn(len(real), zdim, device=real.device)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        with torch.no_grad():
-            fake = G(z)
-        real_logits, fake_logits = D(real), D(fake)
-    loss = discriminator_loss(real_logits.float(), fake_logits.float())
+def discriminator_step(G, D, opt_d, real, zdim):
+    """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
+    with torch.no_grad():
+        fake = G(torch.randn(len(real), zdim, device=real.device))
+    loss = discriminator_loss(D(real), D(fake))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, device, amp=False):
+def generator_step(G, D, opt_g, batch, zdim, device):
     """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
     D.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        fake_logits = D(G(z))
-    loss = generator_loss(fake_logits.float())
+    loss = generator_loss(D(G(torch.randn(batch, zdim, device=device))))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -230,102 +223,27 @@ def sample(G, z):
 
 
 def train(args):
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    out = Path(args.out)
-    ckpt = None
-    if args.resume:
-        ckpt = common.load_checkpoint_file(args.resume)
-        common.check_checkpoint(ckpt, SCRIPT, args, SHAPE_FLAGS)
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
-        G, *_ = build(args, ckpt["image_shape"][0], device)
-        G.load_state_dict(ckpt["G"])
-        z = torch.randn(args.generate, args.zdim, generator=torch.Generator().manual_seed(args.seed))
-        common.save_pngs(sample(G, z.to(device)), out / "generated")
-        print(f"wrote {args.generate} images to {out / 'generated'}")
-        return None
-
-    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
-    data = common.make_batches(args, device)
-    G, D, opt_g, opt_d = build(args, data.channels, device, memory_format)
-    # the steps call compiled modules that share G's and D's parameters; checkpoints and samples
-    # use G and D themselves, so their state_dict keys have no _orig_mod. prefix
-    fast_G, fast_D = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-    fixed_z = torch.randn(64, args.zdim, device=device)
-    step, batches_done = 0, 0
-    if ckpt:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = args.lr  # a --lr given with --resume wins over the saved one
-        step, batches_done, fixed_z = ckpt["step"], ckpt["batches_done"], ckpt["fixed_z"].to(device)
-        common.set_rng_state(ckpt["rng"])
-        common.truncate_log(out, step)
-        print(f"resumed from {args.resume} at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-
+        G = build(args, run.channels, run.device)[0]
+        run.track(G=G)
+        return run.generate(lambda z: sample(G, z), args.zdim)
+    data = common.make_batches(args, run.device)
+    G, D, opt_g, opt_d = build(args, data.channels, run.device, run.memory_format)
+    fixed_z = torch.randn(64, args.zdim, device=run.device)
+    run.track(G=G, D=D, opt_g=opt_g, opt_d=opt_d, fixed_z=fixed_z)
+    fast_G, fast_D = run.fast(G), run.fast(D)
+    about = f"{args.dataset} at {args.image_size} px, {len(data)} batches of {data.batch} per epoch"
     total = args.epochs * len(data) // args.critic_repeats
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    log = common.RunLog(out, total, args.log_every, step, ckpt["elapsed"] if ckpt else 0.0)
-
-    def save():
-        state = {
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-        }
-        state.update(script=SCRIPT, args=vars(args), step=step, batches_done=batches_done, fixed_z=fixed_z)
-        state.update(epoch=batches_done // len(data), elapsed=log.elapsed(), image_shape=list(G.image_shape))
-        common.save_checkpoint(out / "checkpoint.pt", state)
-
-    epoch = batches_done // len(data)
-    saved_grid_at = step
-    loader = data.batches(epoch, batches_done % len(data))
-    print(
-        f"{SCRIPT}: {args.dataset} at {args.image_size} px, {len(data)} batches of {data.batch} per epoch, "
-        f"{total} steps on {device}"
-    )
-    with common.StopRequest() as stop:
-        while step < total and not stop.requested:
+    run.start(data, total, grid=lambda: sample(G, fixed_z), about=about)
+    with run:
+        while run.running():
             for _ in range(args.critic_repeats):
-                real = next(loader, None)
-                if real is None:  # an epoch ended: the next one starts in a new order
-                    loader = data.batches(batches_done // len(data))
-                    real = next(loader)
-                real = real.contiguous(memory_format=memory_format)
-                loss_d = d_step(fast_G, fast_D, opt_d, real, args.zdim, args.amp)
-                batches_done += 1
-            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, device, args.amp)
-            step += 1
-            log.add(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
-            log.step(step, batches_done // len(data))
-            finished_epoch = batches_done // len(data) > epoch
-            if finished_epoch or (args.sample_every and step % args.sample_every == 0):
-                epoch = batches_done // len(data)
-                name = f"epoch_{epoch:04d}" if finished_epoch else f"step_{step:06d}"
-                common.save_grid(sample(G, fixed_z), out / "samples" / f"{name}.png")
-                saved_grid_at = step
-                log.step(step, epoch, force=True)  # checks the losses are finite before saving
-                save()
-    log.step(step, batches_done // len(data), force=True)
-    save()
-    if saved_grid_at != step:
-        common.save_grid(sample(G, fixed_z), out / "samples" / f"step_{step:06d}.png")
-    common.save_gif(
-        sorted((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime), out / "progress.gif"
-    )
-    common.plot_losses(out, [["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.arch}, {args.image_size} px)")
-    walk = torch.Generator().manual_seed(args.seed + 1)
-    z_ends = torch.randn(2, 8, args.zdim, generator=walk).to(device)
-    common.save_grid(
-        sample(G, common.interpolation_latents(z_ends[0], z_ends[1], 10)), out / "interpolation.png", 10
-    )
-    print(f"{'stopped' if stop.requested else 'done'} at step {step}; outputs in {out}")
+                loss_d = discriminator_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
+            loss_g = generator_step(fast_G, fast_D, opt_g, data.batch, args.zdim, run.device)
+            run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
+    title = f"{SCRIPT} ({args.arch}, {args.image_size} px)"
+    run.finish(lambda z: sample(G, z), [["loss_d", "loss_g"]], title=title)
     return G, D
 
 

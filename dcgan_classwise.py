@@ -2,7 +2,8 @@
 
 Networks and training: Alec Radford, Luke Metz, Soumith Chintala. "Unsupervised Representation
 Learning with Deep Convolutional Generative Adversarial Networks", ICLR 2016.
-https://arxiv.org/abs/1511.06434 (the networks are dcgan.py's: see its docstring).
+https://arxiv.org/abs/1511.06434. The networks are DCGAN's, written out below as in dcgan.py
+(--arch linear: linDCGAN, a linear layer from z to G's 4 x 4 map and from D's 4 x 4 map to the logit).
 
 An earlier implementation this collection grew from (classDCGAN) trained CIFAR-10 with ten DCGAN
 pairs, one per class, each making its own GIF. This file does that for CIFAR-10, MNIST and
@@ -13,21 +14,25 @@ Fashion-MNIST. Pair c plays DCGAN's game on the images of class c alone:
 
 The pairs share nothing but the code: no parameter, optimizer, batch or random number. Each pair
 has its own noise generator and its own initialisation, both seeded from (--seed, class), so pair
-c trains exactly the same whether it runs alone (--classes 3) or beside nine others.
+c trains exactly the same whether it runs alone (--classes 3) or beside nine others. The noise
+generator lives on the CPU (z is drawn there, then moved to the device), so a checkpoint made on
+one kind of device resumes on any other.
 
-A step updates every pair once (--critic_repeats D updates, then one G update). An epoch is as many
-steps as the largest chosen class has batches; a smaller class starts its next pass early.
+A step updates every pair once (--critic_repeats D updates, then one G update). An epoch is one
+pass of D over the largest chosen class's batches; a smaller class starts its next pass early.
 
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, batch 128, z of size 100, --hidden_dim 64, 32 x 32).
 
-Speed, as in dcgan.py and none of it changing the maths: --amp (bfloat16 autocast forward passes,
-float32 losses), --compile (each pair's steps through torch.compile'd copies of its G and D; the
-checkpoints hold the plain modules), on CUDA cudnn.benchmark and channels_last unless --deterministic.
+Speed, as in dcgan.py and none of it changing the maths: --amp (each pair's forward passes in
+bfloat16 autocast, the losses in float32), --compile (each pair's steps through torch.compile'd
+copies of its G and D; the checkpoint holds the plain modules), on CUDA cudnn.benchmark and
+channels_last unless --deterministic.
 
 Run folder:
-    OUT/checkpoint.pt               the run: script, flags, step; what --resume takes
-    OUT/class_<i>_<name>/           one per pair: checkpoint.pt (nets, optimizers, step, noise state),
-                                    samples/, progress.gif, losses.png, interpolation.png, generated/
+    OUT/checkpoint.pt               the run, what --resume takes: flags, step, and for each class i
+                                    G_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (CPU generator)
+    OUT/class_<i>_<name>/           one per pair: samples/, progress.gif, losses.png,
+                                    interpolation.png, generated/ (--generate)
     OUT/samples/epoch_XXXX.png      one row per class; OUT/progress.gif animates them
     OUT/log.csv, OUT/losses.png     loss_d_<i> and loss_g_<i> for every class
 
@@ -38,13 +43,14 @@ Examples:
 """
 
 import argparse
-from pathlib import Path
+import math
+from functools import partial
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import common
-from dcgan import Discriminator, Generator
 
 SCRIPT = "dcgan_classwise.py"
 SHAPE_FLAGS = ("dataset", "image_size", "zdim", "hidden_dim", "arch", "classes")
@@ -66,71 +72,124 @@ def build_parser():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_flags(
-        parser,
-        "dcgan_classwise",
-        lr=2e-4,
-        batch=128,
-        hidden_dim=64,
-        critic_repeats=1,
-        zdim=100,
-        epochs=25,
-        datasets=LABELLED,
+        parser, "dcgan_classwise", lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1, datasets=LABELLED
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=None, help="classes to train, e.g. 0,3 (default: all ten)")
-    p(
-        "--arch",
-        choices=("conv", "linear"),
-        default="conv",
-        help="conv: the paper's networks; linear: linDCGAN (default conv)",
-    )
+    arch_help = "conv: the paper's networks; linear: linDCGAN (default conv)"
+    p("--arch", choices=("conv", "linear"), default="conv", help=arch_help)
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
     flags = parser._option_string_actions
     flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
-    parser.epilog = (
-        "--resume takes the run's OUT/checkpoint.pt and reads each pair from "
-        "OUT/class_<i>_<name>/checkpoint.pt (one file per pair, each written atomically; "
-        "a pair saved ahead of the others waits for them)."
-    )
     common.add_speed_flags(parser)
     return parser
 
 
-# ---------------------------------------------------------------------------------------------
-# DCGAN's losses and steps, with each pair's own noise generator
-# ---------------------------------------------------------------------------------------------
+# -- DCGAN's networks (section 3 of the paper), and linDCGAN's -------------------------------------
+
+
+def widths(hidden_dim, image_size):
+    """Channels from the 4 x 4 end to the image end: 32 px [4h, 2h, h], 64 px [8h, 4h, 2h, h]."""
+    return [hidden_dim * 2**i for i in reversed(range(int(math.log2(image_size)) - 2))]
+
+
+def init_weights(m):
+    """Section 4: all weights from N(0, 0.02); BatchNorm gain N(1, 0.02) and offset 0."""
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0 if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) else 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def ups(w):
+    """w[0] -> w[1] -> ...: each a transposed conv 4x4 stride 2 (doubles the size), BatchNorm, ReLU."""
+    layers = []
+    for a, b in zip(w, w[1:]):
+        layers += [nn.ConvTranspose2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(True)]
+    return layers
+
+
+def downs(w):
+    """w[0] -> w[1] -> ...: each a conv 4x4 stride 2 (halves the size), BatchNorm, LeakyReLU 0.2."""
+    layers = []
+    for a, b in zip(w, w[1:]):
+        layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
+    return layers
+
+
+class Generator(nn.Module):
+    """conv:   z -> ConvT 4x4 to 4 x 4 x w0, BN, ReLU -> up(w0, w1) ... -> ConvT to C x S x S -> tanh
+    linear: z -> Linear to 4 x 4 x w0, BN, ReLU -> up(w0, w1) ... up(h, h) -> Conv 3x3 to C -> tanh"""
+
+    def __init__(self, zdim, hidden_dim, image_size, channels, arch="conv"):
+        super().__init__()
+        self.image_shape = (channels, image_size, image_size)
+        w = widths(hidden_dim, image_size)
+        if arch == "conv":
+            layers = [nn.Unflatten(1, (zdim, 1, 1)), nn.ConvTranspose2d(zdim, w[0], 4, 1, 0, bias=False)]
+            layers += [nn.BatchNorm2d(w[0]), nn.ReLU(True), *ups(w)]
+            layers += [nn.ConvTranspose2d(w[-1], channels, 4, 2, 1), nn.Tanh()]
+        else:
+            layers = [nn.Linear(zdim, w[0] * 16, bias=False), nn.BatchNorm1d(w[0] * 16), nn.ReLU(True)]
+            layers += [nn.Unflatten(1, (w[0], 4, 4)), *ups(w + w[-1:])]
+            layers += [nn.Conv2d(w[-1], channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, z):
+        return self.net(z.flatten(1))
+
+
+class Discriminator(nn.Module):
+    """conv:   x -> Conv 4x4 s2 to h, LeakyReLU (no BN) -> down(h, 2h) ... -> 4 x 4 -> Conv 4x4 -> logit
+    linear: x -> Conv 3x3 to h, LeakyReLU (no BN) -> down(h, h) ... -> 4 x 4 -> Linear -> logit"""
+
+    def __init__(self, hidden_dim, image_size, channels, arch="conv"):
+        super().__init__()
+        w = widths(hidden_dim, image_size)[::-1]
+        if arch == "conv":
+            layers = [nn.Conv2d(channels, w[0], 4, 2, 1), nn.LeakyReLU(0.2, True), *downs(w)]
+            layers += [nn.Conv2d(w[-1], 1, 4, 1, 0)]
+        else:
+            layers = [nn.Conv2d(channels, w[0], 3, 1, 1), nn.LeakyReLU(0.2, True), *downs(w[:1] + w)]
+            layers += [nn.Flatten(), nn.Linear(w[-1] * 16, 1)]
+        self.net = nn.Sequential(*layers)
+        self.apply(init_weights)
+
+    def forward(self, x):
+        return self.net(x).view(-1)
+
+
+# -- DCGAN's losses and its two alternating steps --------------------------------------------------
 
 
 def discriminator_loss(real_logits, fake_logits):
+    """BCE(D(x), 1) + BCE(D(G(z)), 0) = -log D(x) - log(1 - D(G(z)))."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
     return real + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
 
 def generator_loss(fake_logits):
+    """The non-saturating loss BCE(D(G(z)), 1) = -log D(G(z))."""
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def d_step(G, D, opt_d, real, args, noise):
-    """Real and fake batches through D in separate passes, as in dcgan.py; --amp as there."""
-    z = torch.randn(len(real), args.zdim, device=real.device, generator=noise)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
-        with torch.no_grad():
-            fake = G(z)
-        real_logits, fake_logits = D(real), D(fake)
-    loss = discriminator_loss(real_logits.float(), fake_logits.float())
+def d_step(G, D, opt_d, real, z):
+    """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
+    with torch.no_grad():
+        fake = G(z)
+    loss = discriminator_loss(D(real), D(fake))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, batch, args, noise):
+def g_step(G, D, opt_g, z):
+    """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
     D.requires_grad_(False)
-    z = torch.randn(batch, args.zdim, device=noise.device, generator=noise)
-    with torch.autocast(noise.device.type, torch.bfloat16, enabled=args.amp):
-        fake_logits = D(G(z))
-    loss = generator_loss(fake_logits.float())
+    loss = generator_loss(D(G(z)))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -138,73 +197,50 @@ def g_step(G, D, opt_g, batch, args, noise):
     return loss
 
 
-# ---------------------------------------------------------------------------------------------
-# One pair per class
-# ---------------------------------------------------------------------------------------------
+# -- One pair per class, and the run around them ---------------------------------------------------
 
 
 class Pair:
-    """Class c's DCGAN: its images, G and D, their optimizers, its noise, and where it is in its data."""
+    """Class c's DCGAN: G and D, their optimizers, its own noise, and its images and place in them."""
 
-    def __init__(self, args, c, images, channels, device, memory_format=torch.contiguous_format):
-        self.c = c
+    def __init__(self, run, c, channels, images=None):
+        args, self.c, self.device = run.args, c, run.device
         self.name = f"class_{c}_{common.CLASS_NAMES[args.dataset][c]}"
-        self.data = (
-            common.TensorBatches(images, args.batch, device, args.seed) if images is not None else None
-        )
+        if images is not None and len(images) == 0:
+            common.fail(f"--classes: {args.dataset} in {args.data_root} has no images of class {c}")
         with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
             torch.manual_seed(args.seed * 1000 + c)
-            self.G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch)
-            self.D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch)
-        self.memory_format = memory_format
-        self.G.to(device, memory_format=memory_format)
-        self.D.to(device, memory_format=memory_format)
-        self.fast_G, self.fast_D = self.G, self.D
-        if args.compile:  # the steps call compiled modules sharing the parameters; checkpoints use G, D
-            self.fast_G, self.fast_D = torch.compile(self.G), torch.compile(self.D)
-        self.lr = args.lr
+            G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch)
+            D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch)
+        self.G, self.D = (net.to(run.device, memory_format=run.memory_format) for net in (G, D))
+        self.fast_G, self.fast_D = run.fast(self.G), run.fast(self.D)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-        self.noise = torch.Generator(device=device).manual_seed(args.seed * 1000 + c)
-        self.fixed_z = torch.randn(64, args.zdim, device=device, generator=self.noise)
-        self.step, self.batches_done, self.loader = 0, 0, None
+        # a CPU generator (z is moved to the device after): its saved state resumes on any device
+        self.zdim, self.noise = args.zdim, torch.Generator().manual_seed(args.seed * 1000 + c)
+        self.fixed_z = self.z(64)
+        if images is not None:  # training, not --generate
+            self.data = common.TensorBatches(images, args.batch, run.device, args.seed)
+            self.memory_format, self.loader = run.memory_format, None
+            self.batches_done = run.batches_done  # the pairs draw in step, as many as the run counts
 
-    def state(self):
-        nets = {"G": self.G.state_dict(), "D": self.D.state_dict()}
-        opts = {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
-        position = {"step": self.step, "batches_done": self.batches_done, "noise": self.noise.get_state()}
-        return {**nets, **opts, **position, "fixed_z": self.fixed_z, "image_shape": list(self.G.image_shape)}
+    def things(self):
+        """What the run's checkpoint holds of this pair, each name ending in its class."""
+        mine = dict(G=self.G, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d, noise=self.noise)
+        return {f"{name}_{self.c}": thing for name, thing in {**mine, "fixed_z": self.fixed_z}.items()}
 
-    def load(self, ckpt):
-        self.G.load_state_dict(ckpt["G"])
-        self.D.load_state_dict(ckpt["D"])
-        self.opt_g.load_state_dict(ckpt["opt_g"])
-        self.opt_d.load_state_dict(ckpt["opt_d"])
-        for opt in (self.opt_g, self.opt_d):
-            for group in opt.param_groups:
-                group["lr"] = self.lr  # a --lr given with --resume wins over the saved one
-        self.noise.set_state(ckpt["noise"])
-        self.fixed_z = ckpt["fixed_z"].to(self.fixed_z.device)
-        self.step, self.batches_done = ckpt["step"], ckpt["batches_done"]
+    def z(self, n):
+        return torch.randn(n, self.zdim, generator=self.noise).to(self.device)
 
-    def train_step(self, args):
-        """--critic_repeats D updates on batches of this class, then one G update."""
-        for _ in range(args.critic_repeats):
-            real = next(self.loader, None) if self.loader else None
-            if real is None:  # first step, or this class's pass ended: next pass, in its own order
-                epoch = self.batches_done // len(self.data)
-                self.loader = self.data.batches(epoch, self.batches_done % len(self.data))
-                real = next(self.loader)
-            real = real.contiguous(memory_format=self.memory_format)
-            loss_d = d_step(self.fast_G, self.fast_D, self.opt_d, real, args, self.noise)
-            self.batches_done += 1
-        loss_g = g_step(self.fast_G, self.fast_D, self.opt_g, self.data.batch, args, self.noise)
-        self.step += 1
-        return loss_d, loss_g
-
-
-def by_time(folder):
-    return sorted(folder.glob("*.png"), key=lambda p: p.stat().st_mtime)
+    def real_batch(self):
+        """The next batch of this class; at the end of a pass, the next pass in its own order."""
+        real = next(self.loader, None) if self.loader else None
+        if real is None:
+            n = len(self.data)
+            self.loader = self.data.batches(self.batches_done // n, self.batches_done % n)
+            real = next(self.loader)
+        self.batches_done += 1
+        return real.contiguous(memory_format=self.memory_format)
 
 
 @torch.no_grad()
@@ -215,105 +251,44 @@ def sample(G, z):
     return images
 
 
-def pair_checkpoint(run_checkpoint, pair):
-    path = Path(run_checkpoint).parent / pair.name / "checkpoint.pt"
-    ckpt = common.load_checkpoint_file(path)
-    if ckpt.get("script") != SCRIPT or ckpt.get("class") != pair.c:
-        common.fail(f"{path} is not {SCRIPT}'s checkpoint of class {pair.c}")
-    return ckpt
+def grids(pairs):
+    """Each pair's 64 fixed-noise samples in its folder, and 8 of each as a row of OUT/samples/."""
+    images = {p.name: sample(p.G, p.fixed_z) for p in pairs}
+    return {**images, "": torch.cat([x[:8] for x in images.values()])}
 
 
 def train(args):
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    out = Path(args.out)
-    ckpt = None
-    if args.resume:
-        ckpt = common.load_checkpoint_file(args.resume)
-        common.check_checkpoint(ckpt, SCRIPT, args, SHAPE_FLAGS)
-        if "class" in ckpt:
-            common.fail(f"--resume {args.resume} is one pair's; resume the run from its OUT/checkpoint.pt")
-    if args.generate:
-        for c in args.classes:
-            pair = Pair(args, c, None, ckpt["channels"], device)
-            pair.G.load_state_dict(pair_checkpoint(args.resume, pair)["G"])
-            z = torch.randn(args.generate, args.zdim, generator=torch.Generator().manual_seed(args.seed + c))
-            common.save_pngs(sample(pair.G, z.to(device)), out / pair.name / "generated")
-        print(f"wrote {args.generate} images per class to {out}/class_*/generated")
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS)
+    if args.generate:  # each class's PNGs in its own folder, from its own seed
+        for p in [Pair(run, c, run.channels) for c in args.classes]:
+            run.track(**{f"G_{p.c}": p.G})
+            run.generate(partial(sample, p.G), args.zdim, run.out / p.name / "generated", args.seed + p.c)
         return None
-
-    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
     images, labels = common.load_tensor_dataset(args.dataset, args.data_root, args.image_size, args.classes)
-    pairs = []
-    for c in args.classes:
-        if not (labels == c).any():
-            common.fail(f"--classes: {args.dataset} in {args.data_root} has no images of class {c}")
-        pairs.append(Pair(args, c, images[labels == c], images.shape[1], device, memory_format))
-    if ckpt:
-        for pair in pairs:
-            pair.load(pair_checkpoint(args.resume, pair))
-        common.truncate_log(out, min(p.step for p in pairs))
-        print(f"resumed from {args.resume} at step {min(p.step for p in pairs)}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    steps_per_epoch = max(1, max(len(p.data) for p in pairs) // args.critic_repeats)
-    total = args.epochs * steps_per_epoch
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    step = min(p.step for p in pairs)
-    log = common.RunLog(out, total, args.log_every, step, ckpt["elapsed"] if ckpt else 0.0)
-
-    def save():
-        made = {"script": SCRIPT, "args": vars(args), "elapsed": log.elapsed()}
-        for pair in pairs:  # each file whole; a pair saved ahead of the others waits for them on resume
-            common.save_checkpoint(
-                out / pair.name / "checkpoint.pt", {**pair.state(), **made, "class": pair.c}
-            )
-        common.save_checkpoint(out / "checkpoint.pt", {**made, "step": step, "channels": images.shape[1]})
-
-    def grids(name):
-        rows = []
-        for pair in pairs:
-            x = sample(pair.G, pair.fixed_z)
-            common.save_grid(x, out / pair.name / "samples" / f"{name}.png")
-            rows.append(x[:8])
-        common.save_grid(torch.cat(rows), out / "samples" / f"{name}.png", nrow=8)
-
+    pairs = [Pair(run, c, images.shape[1], images[labels == c]) for c in args.classes]
+    run.track(**{name: thing for p in pairs for name, thing in p.things().items()})
+    largest = max((p.data for p in pairs), key=len)  # the run's epoch: one pass over the largest class
     sizes = ", ".join(f"{p.name} {len(p.data.images)}" for p in pairs)
-    print(f"{SCRIPT}: {args.dataset} at {args.image_size} px ({sizes}), {total} steps on {device}")
-    saved_grid_at = step
-    with common.StopRequest() as stop:
-        while step < total and not stop.requested:
+    about = f"{args.dataset} at {args.image_size} px ({sizes})"
+    run.start(largest, args.epochs * len(largest) // args.critic_repeats, lambda: grids(pairs), about)
+    with run:
+        while run.running():
             losses = {}
-            for pair in pairs:
-                if pair.step == step:
-                    losses[f"loss_d_{pair.c}"], losses[f"loss_g_{pair.c}"] = pair.train_step(args)
-            step += 1
-            log.add(sum(p.data.batch for p in pairs) * args.critic_repeats, **losses)
-            log.step(step, step // steps_per_epoch)
-            finished_epoch = step % steps_per_epoch == 0
-            if finished_epoch or (args.sample_every and step % args.sample_every == 0):
-                grids(f"epoch_{step // steps_per_epoch:04d}" if finished_epoch else f"step_{step:06d}")
-                saved_grid_at = step
-                log.step(step, step // steps_per_epoch, force=True)  # losses finite before saving
-                save()
-    log.step(step, step // steps_per_epoch, force=True)
-    save()
-    if saved_grid_at != step:
-        grids(f"step_{step:06d}")
-    walk = torch.Generator().manual_seed(args.seed + 1)
-    z_ends = torch.randn(2, 8, args.zdim, generator=walk).to(device)
-    for pair in pairs:
-        folder = out / pair.name
-        common.save_gif(by_time(folder / "samples"), folder / "progress.gif")
-        keys = [[f"loss_d_{pair.c}", f"loss_g_{pair.c}"]]
-        common.plot_losses(out, keys, path=folder / "losses.png", title=f"{SCRIPT}: {pair.name}")
-        walk_images = sample(pair.G, common.interpolation_latents(z_ends[0], z_ends[1], 10))
-        common.save_grid(walk_images, folder / "interpolation.png", 10)
-    common.save_gif(by_time(out / "samples"), out / "progress.gif")
-    common.plot_losses(out, [[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT)
-    print(f"{'stopped' if stop.requested else 'done'} at step {step}; outputs in {out}")
-    return {pair.c: (pair.G, pair.D) for pair in pairs}
+            for p in pairs:  # each pair reads only its own class, networks and noise
+                for _ in range(args.critic_repeats):
+                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, p.real_batch(), p.z(p.data.batch))
+                loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch))
+                losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
+            run.batches_done += args.critic_repeats  # Run counts the batches each pair drew
+            run.step_done(sum(p.data.batch for p in pairs) * args.critic_repeats, **losses)
+    run.finish(None, [[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT)
+    ends = torch.randn(2, 8, args.zdim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
+    for p in pairs:  # each pair's own loss plot and latent walk, beside its grids and GIF
+        keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
+        common.plot_losses(run.out, keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
+        walk_images = sample(p.G, common.interpolation_latents(ends[0], ends[1], 10))
+        common.save_grid(walk_images, run.out / p.name / "interpolation.png", nrow=10)
+    return {p.c: (p.G, p.D) for p in pairs}
 
 
 def main(argv=None):

@@ -25,9 +25,11 @@ Defaults, and where they come from:
 - Adam, lr 2e-4, betas (0.5, 0.999), batch 64: Radford et al. 2015 showed these stabilise GAN
   training; the paper itself used SGD with momentum. One D step per G step (k = 1, as the
   paper's experiments).
-- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast and
-  the losses in float32; --compile runs the steps through torch.compile'd copies of G and D
-  (checkpoints hold the plain modules); --deterministic asks CUDA for repeatable kernels.
+- Speed, none of which changes the maths: --amp runs the forward passes of G and D in bfloat16
+  autocast and hands back float32, so the losses are float32; --compile runs the steps through
+  torch.compile'd copies of G and D (checkpoints hold the plain modules); both are set up once
+  in train() (common.Run.fast), so the step functions below are plain float32 maths;
+  --deterministic asks CUDA for repeatable kernels (an MLP: no cudnn.benchmark, no channels_last).
 
 The three set-ups this collection grew from, with flags alone:
     python gan_mnist.py --zdim 64 --lr 0.00001 --batch 128 --hidden_dim 128 --epochs 200
@@ -39,7 +41,6 @@ Compare the generator losses:
 """
 
 import argparse
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 import common
 
 SCRIPT = "gan_mnist.py"
+LABELLED = ("mnist", "fashion-mnist", "cifar10")
 SHAPE_FLAGS = ("dataset", "image_size", "zdim", "hidden_dim", "g_widths", "d_widths", "g_batchnorm")
 
 
@@ -158,28 +160,22 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log D(G(z))
 
 
-def d_step(G, D, opt_d, real, zdim, amp=False):
-    """Ascend D's objective; the fake batch is detached so no gradient reaches G.
-
-    amp: the forward passes in bfloat16 autocast, the loss on float32 logits."""
+def d_step(G, D, opt_d, real, zdim):
+    """Ascend D's objective; the fake batch is made without a graph, so no gradient reaches G."""
     z = torch.randn(len(real), zdim, device=real.device)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        with torch.no_grad():  # no gradient reaches G, and no graph is built for one
-            fake = G(z)
-        real_logits, fake_logits = D(real), D(fake)
-    loss = discriminator_loss(real_logits.float(), fake_logits.float())
+    with torch.no_grad():
+        fake = G(z)
+    loss = discriminator_loss(D(real), D(fake))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, kind, device, amp=False):
+def g_step(G, D, opt_g, batch, zdim, kind, device):
     """Descend G's objective through D; D's parameters get gradients but only opt_g steps."""
     z = torch.randn(batch, zdim, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        fake_logits = D(G(z))
-    loss = generator_loss(fake_logits.float(), kind)
+    loss = generator_loss(D(G(z)), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -210,109 +206,32 @@ def sample(G, z):
 
 
 def train(args):
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    out = Path(args.out)
-    classes = None if args.digit is None else [args.digit]
-    if args.digit is not None and args.dataset not in ("mnist", "fashion-mnist", "cifar10"):
-        common.fail(f"--digit needs a labelled dataset (mnist, fashion-mnist, cifar10), not {args.dataset}")
-    ckpt = None
-    if args.resume:
-        ckpt = common.load_checkpoint_file(args.resume)
-        common.check_checkpoint(ckpt, SCRIPT, args, SHAPE_FLAGS)
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS, conv=False)
     if args.generate:
-        G, *_ = build(args, ckpt["image_shape"][0], device)
-        G.load_state_dict(ckpt["G"])
-        z = torch.randn(args.generate, args.zdim, generator=torch.Generator().manual_seed(args.seed))
-        common.save_pngs(sample(G, z.to(device)), out / "generated")
-        print(f"wrote {args.generate} images to {out / 'generated'}")
-        return None
-
-    common.setup_backends(device, args, conv=False)  # --deterministic on CUDA; nothing on CPU
-    data = common.make_batches(args, device, classes)
-    G, D, opt_g, opt_d = build(args, data.channels, device)
-    # the steps call compiled modules that share G's and D's parameters; checkpoints and samples
-    # use G and D themselves, so their state_dict keys have no _orig_mod. prefix
-    fast_G, fast_D = (torch.compile(G), torch.compile(D)) if args.compile else (G, D)
-    fixed_z = torch.randn(64, args.zdim, device=device)
-    step, batches_done = 0, 0
-    if ckpt:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        for opt, lr in ((opt_g, args.lr), (opt_d, args.lr_d or args.lr)):
-            for group in opt.param_groups:
-                group["lr"] = lr  # a --lr given with --resume wins over the saved one
-        step, batches_done, fixed_z = ckpt["step"], ckpt["batches_done"], ckpt["fixed_z"].to(device)
-        common.set_rng_state(ckpt["rng"])
-        common.truncate_log(out, step)
-        print(f"resumed from {args.resume} at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    total = args.epochs * len(data) // args.critic_repeats
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    log = common.RunLog(out, total, args.log_every, step, ckpt["elapsed"] if ckpt else 0.0)
-
-    def save():
-        state = {
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-        }
-        state.update(script=SCRIPT, args=vars(args), step=step, batches_done=batches_done, fixed_z=fixed_z)
-        state.update(epoch=batches_done // len(data), elapsed=log.elapsed(), image_shape=list(G.image_shape))
-        common.save_checkpoint(out / "checkpoint.pt", state)
-
-    epoch = batches_done // len(data)
-    saved_grid_at = step
-    loader = data.batches(epoch, batches_done % len(data))
-    print(
-        f"{SCRIPT}: {args.dataset}, {len(data)} batches of {data.batch} per epoch, {total} steps on {device}"
-    )
-    with common.StopRequest() as stop:
-        while step < total and not stop.requested:
+        G = build(args, run.channels, run.device)[0]
+        run.track(G=G)
+        return run.generate(lambda z: sample(G, z), args.zdim)
+    data = common.make_batches(args, run.device, None if args.digit is None else [args.digit])
+    G, D, opt_g, opt_d = build(args, data.channels, run.device)
+    fixed_z = torch.randn(64, args.zdim, device=run.device)
+    run.track(G=G, D=D, opt_g=opt_g, opt_d=opt_d, fixed_z=fixed_z)
+    fast_G, fast_D = run.fast(G), run.fast(D)
+    run.start(data, args.epochs * len(data) // args.critic_repeats, grid=lambda: sample(G, fixed_z))
+    with run:
+        while run.running():
             for _ in range(args.critic_repeats):
-                real = next(loader, None)
-                if real is None:  # an epoch ended: the next one starts in a new order
-                    loader = data.batches(batches_done // len(data))
-                    real = next(loader)
-                loss_d = d_step(fast_G, fast_D, opt_d, real, args.zdim, args.amp)
-                batches_done += 1
-            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.g_loss, device, args.amp)
-            step += 1
-            log.add(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
-            log.step(step, batches_done // len(data))
-            finished_epoch = batches_done // len(data) > epoch
-            if finished_epoch or (args.sample_every and step % args.sample_every == 0):
-                epoch = batches_done // len(data)
-                name = f"epoch_{epoch:04d}" if finished_epoch else f"step_{step:06d}"
-                common.save_grid(sample(G, fixed_z), out / "samples" / f"{name}.png")
-                saved_grid_at = step
-                log.step(step, epoch, force=True)  # checks the losses are finite before saving
-                save()
-    log.step(step, batches_done // len(data), force=True)
-    save()
-    if saved_grid_at != step:
-        common.save_grid(sample(G, fixed_z), out / "samples" / f"step_{step:06d}.png")
-    common.save_gif(
-        sorted((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime), out / "progress.gif"
-    )
-    common.plot_losses(out, [["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")
-    walk = torch.Generator().manual_seed(args.seed + 1)
-    z_ends = torch.randn(2, 8, args.zdim, generator=walk).to(device)
-    common.save_grid(
-        sample(G, common.interpolation_latents(z_ends[0], z_ends[1], 10)), out / "interpolation.png", 10
-    )
-    print(f"{'stopped' if stop.requested else 'done'} at step {step}; outputs in {out}")
+                loss_d = d_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
+            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.g_loss, run.device)
+            run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
+    run.finish(lambda z: sample(G, z), [["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")
     return G, D
 
 
 def main(argv=None):
     parser = build_parser()
     args = common.parse_args(parser, argv)
+    if args.digit is not None and args.dataset not in LABELLED:
+        common.fail(f"--digit needs a labelled dataset ({', '.join(LABELLED)}), not {args.dataset}")
     return train(args)
 
 

@@ -26,10 +26,12 @@ Defaults, and where they come from (Algorithm 1 and section 4):
   per generator step during the first 25 generator steps and at every 500th, so that the critic
   is near its optimum when the estimate matters; that is not in the paper's Algorithm 1 and is
   off by default here: --warmup_critic turns it on.
-- Speed, none of which changes the maths: --amp runs the forward passes in bfloat16 autocast and
-  the losses in float32 (the clipping acts on the float32 weights); --compile runs the steps
-  through torch.compile'd copies of G and the critic (checkpoints hold the plain modules); on
-  CUDA, cudnn.benchmark and channels_last unless --deterministic.
+- Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
+  autocast and hands back float32 scores, so the losses are float32 (and the clipping acts on the
+  float32 weights); --compile runs the steps through torch.compile'd G and critic that share the
+  networks' parameters (checkpoints hold the plain modules); on CUDA, cudnn.benchmark and
+  channels_last unless --deterministic. train() wraps the networks once (common.Run.fast), so the
+  step functions below are plain float32 maths.
 
 Examples:
     python wgan.py --data_root ./data                         # MNIST at 32 x 32
@@ -39,7 +41,6 @@ Examples:
 
 import argparse
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -95,7 +96,6 @@ class Generator(nn.Module):
 
     def __init__(self, zdim, hidden_dim, image_size, channels):
         super().__init__()
-        self.image_shape = (channels, image_size, image_size)
         w = widths(hidden_dim, image_size)
         layers = [nn.ConvTranspose2d(zdim, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for a, b in zip(w, w[1:]):
@@ -147,16 +147,11 @@ def clip_weights(critic, c):
         p.clamp_(-c, c)
 
 
-def critic_step(G, critic, opt_c, real, zdim, clip, amp=False):
-    """One critic update: descend f(G(z)) - f(x), then clip. Returns (loss, Wasserstein estimate).
-
-    amp: the forward passes in bfloat16 autocast, the loss on float32 scores."""
-    z = torch.randn(len(real), zdim, device=real.device)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        with torch.no_grad():
-            fake = G(z)
-        real_scores, fake_scores = critic(real), critic(fake)
-    wasserstein = real_scores.float().mean() - fake_scores.float().mean()
+def critic_step(G, critic, opt_c, real, zdim, clip):
+    """One critic update: descend f(G(z)) - f(x), then clip. Returns (loss, Wasserstein estimate)."""
+    with torch.no_grad():
+        fake = G(torch.randn(len(real), zdim, device=real.device))
+    wasserstein = critic(real).mean() - critic(fake).mean()
     loss = -wasserstein
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -172,13 +167,19 @@ def critic_updates(step, args):
     return args.critic_repeats
 
 
-def generator_step(G, critic, opt_g, batch, zdim, device, amp=False):
+def generator_steps(args, batches):
+    """The generator steps whose critic updates fit in --epochs passes of `batches` real batches."""
+    total, planned = 0, 0
+    while planned + critic_updates(total, args) <= args.epochs * batches:
+        planned += critic_updates(total, args)
+        total += 1
+    return total
+
+
+def generator_step(G, critic, opt_g, batch, zdim, device):
     """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
     critic.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        fake_scores = critic(G(z))
-    loss = -fake_scores.float().mean()
+    loss = -critic(G(torch.randn(batch, zdim, device=device))).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -210,107 +211,29 @@ def sample(G, z):
 
 
 def train(args):
-    device = common.pick_device(args.device)
-    common.seed_everything(args.seed)
-    out = Path(args.out)
-    ckpt = None
-    if args.resume:
-        ckpt = common.load_checkpoint_file(args.resume)
-        common.check_checkpoint(ckpt, SCRIPT, args, SHAPE_FLAGS)
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
-        G, *_ = build(args, ckpt["image_shape"][0], device)
-        G.load_state_dict(ckpt["G"])
-        z = torch.randn(args.generate, args.zdim, generator=torch.Generator().manual_seed(args.seed))
-        common.save_pngs(sample(G, z.to(device)), out / "generated")
-        print(f"wrote {args.generate} images to {out / 'generated'}")
-        return None
-
-    memory_format = common.setup_backends(device, args)  # channels_last on CUDA, as before on CPU
-    data = common.make_batches(args, device)
-    G, critic, opt_g, opt_c = build(args, data.channels, device, memory_format)
-    # the steps call compiled modules that share the nets' parameters; checkpoints and samples use
-    # G and critic themselves, so their state_dict keys have no _orig_mod. prefix
-    fast_G, fast_critic = (torch.compile(G), torch.compile(critic)) if args.compile else (G, critic)
-    fixed_z = torch.randn(64, args.zdim, device=device)
-    step, batches_done = 0, 0
-    if ckpt:
-        G.load_state_dict(ckpt["G"])
-        critic.load_state_dict(ckpt["D"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_c.load_state_dict(ckpt["opt_d"])
-        for opt in (opt_g, opt_c):
-            for group in opt.param_groups:
-                group["lr"] = args.lr  # a --lr given with --resume wins over the saved one
-        step, batches_done, fixed_z = ckpt["step"], ckpt["batches_done"], ckpt["fixed_z"].to(device)
-        common.set_rng_state(ckpt["rng"])
-        common.truncate_log(out, step)
-        print(f"resumed from {args.resume} at step {step}")
-    out.mkdir(parents=True, exist_ok=True)
-
-    total, planned = 0, 0  # generator steps that fit in --epochs passes of the data
-    while planned + critic_updates(total, args) <= args.epochs * len(data):
-        planned += critic_updates(total, args)
-        total += 1
-    if args.max_steps:
-        total = min(total, args.max_steps)
-    log = common.RunLog(out, total, args.log_every, step, ckpt["elapsed"] if ckpt else 0.0)
-
-    def save():
-        state = {
-            "G": G.state_dict(),
-            "D": critic.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_c.state_dict(),
-        }
-        state.update(script=SCRIPT, args=vars(args), step=step, batches_done=batches_done, fixed_z=fixed_z)
-        state.update(epoch=batches_done // len(data), elapsed=log.elapsed(), image_shape=list(G.image_shape))
-        common.save_checkpoint(out / "checkpoint.pt", state)
-
-    epoch = batches_done // len(data)
-    saved_grid_at = step
-    loader = data.batches(epoch, batches_done % len(data))
-    print(
-        f"{SCRIPT}: {args.dataset}, {len(data)} batches of {data.batch} per epoch, {total} steps on {device}"
-    )
-    with common.StopRequest() as stop:
-        while step < total and not stop.requested:
-            n_critic = critic_updates(step, args)
+        G = build(args, run.channels, run.device)[0]
+        run.track(G=G)
+        return run.generate(lambda z: sample(G, z), args.zdim)
+    data = common.make_batches(args, run.device)
+    G, critic, opt_g, opt_c = build(args, data.channels, run.device, run.memory_format)
+    fixed_z = torch.randn(64, args.zdim, device=run.device)
+    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
+    # the steps call these wrappers; they share the parameters, so clipping fast_critic clips the critic
+    fast_G, fast_critic = run.fast(G), run.fast(critic)
+    run.start(data, generator_steps(args, len(data)), grid=lambda: sample(G, fixed_z))
+    with run:
+        while run.running():
+            n_critic = critic_updates(run.step, args)
             for _ in range(n_critic):
-                real = next(loader, None)
-                if real is None:  # an epoch ended: the next one starts in a new order
-                    loader = data.batches(batches_done // len(data))
-                    real = next(loader)
-                real = real.contiguous(memory_format=memory_format)
                 loss_c, wasserstein = critic_step(
-                    fast_G, fast_critic, opt_c, real, args.zdim, args.clip, args.amp
+                    fast_G, fast_critic, opt_c, run.real_batch(), args.zdim, args.clip
                 )
-                batches_done += 1
-            loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, device, args.amp)
-            step += 1
-            log.add(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
-            log.step(step, batches_done // len(data))
-            finished_epoch = batches_done // len(data) > epoch
-            if finished_epoch or (args.sample_every and step % args.sample_every == 0):
-                epoch = batches_done // len(data)
-                name = f"epoch_{epoch:04d}" if finished_epoch else f"step_{step:06d}"
-                common.save_grid(sample(G, fixed_z), out / "samples" / f"{name}.png")
-                saved_grid_at = step
-                log.step(step, epoch, force=True)  # checks the losses are finite before saving
-                save()
-    log.step(step, batches_done // len(data), force=True)
-    save()
-    if saved_grid_at != step:
-        common.save_grid(sample(G, fixed_z), out / "samples" / f"step_{step:06d}.png")
-    common.save_gif(
-        sorted((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime), out / "progress.gif"
-    )
-    common.plot_losses(out, [["loss_c", "loss_g"], ["wasserstein"]], title=f"{SCRIPT} (clip {args.clip})")
-    walk = torch.Generator().manual_seed(args.seed + 1)
-    z_ends = torch.randn(2, 8, args.zdim, generator=walk).to(device)
-    common.save_grid(
-        sample(G, common.interpolation_latents(z_ends[0], z_ends[1], 10)), out / "interpolation.png", 10
-    )
-    print(f"{'stopped' if stop.requested else 'done'} at step {step}; outputs in {out}")
+            loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
+            run.step_done(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
+    plots = [["loss_c", "loss_g"], ["wasserstein"]]
+    run.finish(lambda z: sample(G, z), plots, title=f"{SCRIPT} (clip {args.clip})")
     return G, critic
 
 

@@ -139,21 +139,119 @@ def test_atomic_checkpoint_leaves_no_temporary_and_old_file_survives_a_failed_wr
 
 def test_rng_state_round_trip():
     common.seed_everything(5)
-    state = common.rng_state()
+    state = common.rng_state(CPU)
     a = torch.rand(3), np.random.rand(), __import__("random").random()
-    common.set_rng_state(state)
+    common.set_rng_state(state, CPU)
     b = torch.rand(3), np.random.rand(), __import__("random").random()
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
 
 
-def test_device_choice():
+def test_a_cpu_run_saves_no_gpu_rng_state_even_where_gpus_are_visible(monkeypatch):
+    """A CPU run's checkpoint must not depend on the GPUs of the machine that made it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("a CPU run read a GPU's random state")
+
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", no_cuda)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", no_cuda)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", no_cuda)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", no_cuda)
+    state = common.rng_state(CPU)
+    assert "cuda" not in state
+    state["cuda"] = torch.zeros(16, dtype=torch.uint8)  # as a GPU run saves it: ignored on the CPU
+    common.set_rng_state(state, CPU)
+
+
+def test_device_choice(monkeypatch):
     assert common.pick_device("cpu") == CPU
-    assert common.pick_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="--device cuda"):
-            common.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert common.pick_device("auto") == CPU
+    with pytest.raises(SystemExit, match="--device cuda"):
+        common.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert common.pick_device("auto") == torch.device("cuda")  # auto prefers a GPU
     with pytest.raises(SystemExit, match="--device"):
         common.pick_device("tpu9")
+
+
+def test_amp_is_bfloat16_and_stops_on_a_gpu_without_it():
+    assert common.amp_dtype(CPU, amp=False) is None
+    assert common.amp_dtype(CPU, amp=True) is torch.bfloat16
+    cuda = torch.device("cuda")
+    assert common.amp_dtype(cuda, amp=True, bf16_supported=True) is torch.bfloat16
+    assert common.amp_dtype(cuda, amp=False, bf16_supported=False) is None
+    with pytest.raises(SystemExit, match="--amp: cuda has no bfloat16.*run without --amp"):
+        common.amp_dtype(cuda, amp=True, bf16_supported=False)
+
+
+def run_args(tmp_path, **kw):
+    args = dict(device="cpu", seed=0, out=str(tmp_path), resume=None, max_steps=None, log_every=2, zdim=3)
+    return argparse.Namespace(**{**args, **kw})
+
+
+def test_run_restores_optimizer_state_but_keeps_this_runs_hyperparameters(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    net(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    run = common.Run(run_args(tmp_path), "x.py", ())
+    run.track(net=net, opt=opt)
+    run.save()
+
+    resumed = common.Run(run_args(tmp_path, resume=str(tmp_path / "checkpoint.pt")), "x.py", ())
+    net2 = torch.nn.Linear(3, 2)
+    opt2 = torch.optim.Adam(net2.parameters(), lr=5e-4, betas=(0.9, 0.99), eps=1e-6)
+    resumed.track(net=net2, opt=opt2)
+    assert torch.equal(net2.weight, net.weight)
+    group = opt2.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (5e-4, (0.9, 0.99), 1e-6)  # this run's flags
+    moments = opt.state[net.weight]["exp_avg"]
+    torch.testing.assert_close(opt2.state[net2.weight]["exp_avg"], moments, rtol=0, atol=0)  # the saved state
+
+
+def test_run_refuses_to_save_nonfinite_weights_and_keeps_the_last_checkpoint(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    run = common.Run(run_args(tmp_path), "x.py", ())
+    run.track(G=net)
+    run.save()
+    before = torch.load(tmp_path / "checkpoint.pt", weights_only=False)["G"]["weight"].clone()
+    with torch.no_grad():
+        net.weight[0, 0] = float("nan")
+    run.step = 7
+    with pytest.raises(SystemExit, match="G has NaN or infinite weights at step 7"):
+        run.save()
+    assert torch.equal(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["G"]["weight"], before)
+
+
+def test_run_generate_writes_pngs_chunk_by_chunk(tmp_path):
+    sizes = []
+
+    def sample(z):
+        sizes.append(len(z))
+        return torch.tanh(z[:, :1, None, None].expand(-1, 1, 4, 4))
+
+    run = common.Run(run_args(tmp_path, generate=7), "x.py", ())
+    run.generate(sample, zdim=3, chunk=3)
+    assert sizes == [3, 3, 1]
+    assert sorted(os.listdir(tmp_path / "generated")) == [f"{i:06d}.png" for i in range(7)]
+
+
+def test_a_cpu_noise_generator_in_a_checkpoint_restores_its_stream(tmp_path):
+    noise = torch.Generator().manual_seed(3)
+    torch.randn(5, generator=noise)
+    run = common.Run(run_args(tmp_path), "x.py", ())
+    run.track(noise=noise)
+    run.save()
+    expected = torch.randn(4, generator=noise)
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)["noise"]
+    assert state.device.type == "cpu"
+    resumed = common.Run(run_args(tmp_path, resume=str(tmp_path / "checkpoint.pt")), "x.py", ())
+    fresh = torch.Generator()
+    resumed.track(noise=fresh)
+    assert torch.equal(torch.randn(4, generator=fresh), expected)
 
 
 def test_runlog_stops_on_nonfinite_loss_with_the_step(tmp_path):

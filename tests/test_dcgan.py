@@ -112,7 +112,7 @@ def test_separate_real_and_fake_passes_through_d():
     batches = []
     D.register_forward_pre_hook(lambda m, inp: batches.append(len(inp[0])))
     opt = torch.optim.Adam(D.parameters())
-    dcgan.d_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, 16)
+    dcgan.discriminator_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, 16)
     assert batches == [6, 6]
 
 
@@ -133,13 +133,16 @@ def test_smoke_mnist_writes_the_outputs(mnist_root, tmp_path):
     assert [p.name for p in grids] == ["epoch_0001.png", "epoch_0002.png"]
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["script"] == "dcgan.py" and ckpt["step"] == 2 * (120 // 16)
+    assert {"G", "D", "opt_g", "opt_d", "fixed_z"} <= set(ckpt) and ckpt["channels"] == 1
+    assert "cuda" not in ckpt["rng"]  # only the training device's generator is saved
 
 
 @pytest.mark.parametrize("dataset", ["celeba", "folder"])
 def test_smoke_image_folders_default_to_64px(dataset, celeba_root, folder_root, tmp_path):
     root = celeba_root if dataset == "celeba" else folder_root
     args = ["--dataset", dataset, "--data_root", root, "--out", str(tmp_path), "--max_steps", "1"]
-    G, D = dcgan.main([*args, "--batch", "4", "--hidden_dim", "4", "--zdim", "8", "--workers", "0"])
+    args += ["--batch", "4", "--hidden_dim", "4", "--zdim", "8", "--workers", "0", "--device", "cpu"]
+    G, D = dcgan.main(args)
     assert G.image_shape == (3, 64, 64)
     assert Image.open(tmp_path / "samples" / "step_000001.png").size == (8 * 66 + 2, 8 * 66 + 2)
 
@@ -170,6 +173,16 @@ def test_resume_is_exact_on_an_image_folder(folder_root, tmp_path):
     assert_same_weights((G1, G2), (D1, D2))
 
 
+def test_beta1_given_with_resume_is_the_one_the_optimizers_use(mnist_root, tmp_path):
+    base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path)]
+    dcgan.main([*base, "--max_steps", "1"])
+    dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--beta1", "0.9", "--max_steps", "2"])
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["args"]["beta1"] == 0.9
+    for opt in ("opt_g", "opt_d"):
+        assert [g["betas"] for g in ckpt[opt]["param_groups"]] == [(0.9, 0.999)], opt
+
+
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     dcgan.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--max_steps", "1"])
     dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "7"])
@@ -181,7 +194,7 @@ def test_generate_writes_n_pngs(mnist_root, tmp_path):
 @pytest.mark.parametrize("size", ["48", "100", "8"])
 def test_unsupported_image_size_is_refused(size, capsys):
     with pytest.raises(SystemExit) as e:
-        dcgan.main(["--image_size", size, "--max_steps", "1"])
+        dcgan.main(["--image_size", size, "--max_steps", "1", "--device", "cpu"])
     assert e.value.code == 2
     assert f"--image_size {size}" in capsys.readouterr().err
 
@@ -202,9 +215,8 @@ def test_checkpoint_with_other_shapes_is_refused(mnist_root, tmp_path):
 def test_checkpoint_from_another_script_is_refused(mnist_root, tmp_path):
     import gan_mnist
 
-    gan_mnist.main(
-        ["--data_root", mnist_root, "--out", str(tmp_path), "--max_steps", "1", "--hidden_dim", "8"]
-    )
+    other = ["--data_root", mnist_root, "--out", str(tmp_path), "--max_steps", "1", "--hidden_dim", "8"]
+    gan_mnist.main([*other, "--device", "cpu"])
     with pytest.raises(SystemExit) as e:
         dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2"])
     assert "written by gan_mnist.py" in str(e.value) and "not by dcgan.py" in str(e.value)
@@ -212,7 +224,9 @@ def test_checkpoint_from_another_script_is_refused(mnist_root, tmp_path):
 
 
 def test_command_line_offline_missing_data_is_one_line(tmp_path):
-    result = run_script("dcgan.py", ["--data_root", str(tmp_path / "nothing"), "--max_steps", "1"])
+    result = run_script(
+        "dcgan.py", ["--data_root", str(tmp_path / "nothing"), "--max_steps", "1", "--device", "cpu"]
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "MNIST" in result.stderr
 

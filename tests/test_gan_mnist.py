@@ -110,11 +110,12 @@ def test_digit_keeps_only_that_class(mnist_root, tmp_path):
 
 
 def test_resume_is_exact(mnist_root, tmp_path):
-    G1, D1 = run(
-        mnist_root, tmp_path / "a", "--max_steps", "8"
-    )  # 120 images / 16 = 7 batches: crosses an epoch
+    # 120 images / 16 = 7 batches: 8 steps cross an epoch, and 4 resume mid-epoch
+    G1, D1 = run(mnist_root, tmp_path / "a", "--max_steps", "8")
     run(mnist_root, tmp_path / "b", "--max_steps", "4")
-    G2, D2 = gan_mnist.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "8"])
+    G2, D2 = gan_mnist.main(
+        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "8", "--device", "cpu"]
+    )
     for a, b in zip(
         [*G1.state_dict().values(), *D1.state_dict().values()],
         [*G2.state_dict().values(), *D2.state_dict().values()],
@@ -127,13 +128,31 @@ def test_resume_is_exact(mnist_root, tmp_path):
 
 def test_resume_without_flags_runs_to_the_end_not_to_the_old_max_steps(mnist_root, tmp_path):
     run(mnist_root, tmp_path / "r", "--epochs", "2", "--max_steps", "3")
-    gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt")])
+    gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
     assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 14  # 2 x 120 // 16
+
+
+def test_optimizer_flags_given_with_resume_are_the_ones_used(mnist_root, tmp_path):
+    """--beta1 and --lr_d with --resume reach the optimizers; their moments go on from the checkpoint."""
+    for name in ("same", "new"):
+        run(mnist_root, tmp_path / name, "--max_steps", "2")
+    flags = ["--device", "cpu", "--max_steps", "3"]
+    G_same, _ = gan_mnist.main(["--resume", str(tmp_path / "same" / "checkpoint.pt"), *flags])
+    new = ["--beta1", "0.9", "--lr_d", "0.01"]
+    G_new, _ = gan_mnist.main(["--resume", str(tmp_path / "new" / "checkpoint.pt"), *flags, *new])
+    ckpt = torch.load(tmp_path / "new" / "checkpoint.pt", weights_only=False)
+    assert ckpt["opt_g"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert ckpt["opt_d"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    assert ckpt["opt_d"]["param_groups"][0]["lr"] == 0.01 and ckpt["opt_g"]["param_groups"][0]["lr"] == 2e-4
+    assert ckpt["args"]["beta1"] == 0.9 and ckpt["opt_g"]["state"][0]["step"].item() == 3
+    assert any(not torch.equal(a, b) for a, b in zip(G_same.parameters(), G_new.parameters(), strict=True))
 
 
 def test_generate_writes_pngs(mnist_root, tmp_path):
     run(mnist_root, tmp_path / "r", "--max_steps", "1")
-    gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--generate", "1000"])
+    gan_mnist.main(
+        ["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--generate", "1000", "--device", "cpu"]
+    )
     files = sorted(os.listdir(tmp_path / "r" / "generated"))
     assert len(files) == 1000 and files[0] == "000000.png" and files[-1] == "000999.png"
     with Image.open(tmp_path / "r" / "generated" / files[-1]) as im:
@@ -169,15 +188,25 @@ def test_generate_without_resume_is_refused(capsys):
     assert e.value.code == 2 and "--resume" in capsys.readouterr().err
 
 
+def test_digit_on_unlabelled_data_is_refused(tmp_path):
+    argv = ["--dataset", "folder", "--data_root", str(tmp_path), "--digit", "3", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="--digit needs a labelled dataset .* not folder"):
+        gan_mnist.main([*argv, "--out", str(tmp_path / "r")])
+
+
 def test_checkpoint_of_another_script_or_shape_is_refused(mnist_root, tmp_path):
     import gan_gaussian
 
     gan_gaussian.main(["--out", str(tmp_path / "g"), "--max_steps", "1", "--device", "cpu"])
     with pytest.raises(SystemExit, match="gan_gaussian.py"):
-        gan_mnist.main(["--resume", str(tmp_path / "g" / "checkpoint.pt"), "--data_root", mnist_root])
+        gan_mnist.main(
+            ["--resume", str(tmp_path / "g" / "checkpoint.pt"), "--data_root", mnist_root, "--device", "cpu"]
+        )
     run(mnist_root, tmp_path / "m", "--max_steps", "1")
     with pytest.raises(SystemExit, match="--hidden_dim 8.*--hidden_dim 16"):
-        gan_mnist.main(["--resume", str(tmp_path / "m" / "checkpoint.pt"), "--hidden_dim", "16"])
+        gan_mnist.main(
+            ["--resume", str(tmp_path / "m" / "checkpoint.pt"), "--hidden_dim", "16", "--device", "cpu"]
+        )
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_path):
@@ -185,13 +214,14 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_pat
     ckpt = tmp_path / "r" / "checkpoint.pt"
     good = torch.load(ckpt, weights_only=False)["G"]
     with pytest.raises(SystemExit, match=r"step \d+"):
-        gan_mnist.main(["--resume", str(ckpt), "--lr", "1e38", "--max_steps", "50"])
+        gan_mnist.main(["--resume", str(ckpt), "--lr", "1e38", "--max_steps", "50", "--device", "cpu"])
     kept = torch.load(ckpt, weights_only=False)
     assert kept["step"] == 2 and all(torch.equal(good[k], v) for k, v in kept["G"].items())
 
 
 def test_missing_data_is_one_message_without_traceback(tmp_path):
-    r = run_script("gan_mnist.py", ["--data_root", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
+    argv = ["--data_root", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--device", "cpu"]
+    r = run_script("gan_mnist.py", argv)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert str(tmp_path / "none") in r.stderr and "train-images-idx3-ubyte" in r.stderr
 

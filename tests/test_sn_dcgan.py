@@ -1,6 +1,8 @@
 """sn_dcgan.py: spectral normalization on every layer of D and no BatchNorm there, the two losses,
 the DCGAN optimizer, and the contract (smoke, resume, --generate, bad flags)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -8,6 +10,7 @@ import torch.nn.functional as F
 from conftest import count_steps
 from PIL import Image
 from torch.nn.utils import parametrize
+from torch.overrides import TorchFunctionMode
 
 import common
 import sn_dcgan
@@ -18,6 +21,10 @@ TINY = ["--hidden_dim", "8", "--batch", "16", "--image_size", "16", "--zdim", "8
 
 def tiny(mnist_root, out, *extra):
     return ["--data_root", mnist_root, "--out", str(out), *TINY, *extra]
+
+
+def resume(checkpoint, *extra):
+    return sn_dcgan.main(["--resume", str(checkpoint), "--device", "cpu", *extra])
 
 
 def weighted_layers(D):
@@ -48,6 +55,35 @@ def test_singular_values_are_near_one_after_training(mnist_root, tmp_path):
             assert abs(sigma.item() - 1) < 0.05, m
             raw_norms.append(torch.linalg.matrix_norm(original.reshape(len(original), -1), ord=2).item())
     assert max(abs(r - 1) for r in raw_norms) > 0.2  # the raw weights alone are not of norm 1
+
+
+class AutocastAtEachCall(TorchFunctionMode):
+    """Records, for each torch function called, whether CPU autocast was on when it ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.enabled = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.enabled.setdefault(func.__name__, set()).add(torch.is_autocast_enabled("cpu"))
+        return func(*args, **(kwargs or {}))
+
+
+def test_power_iteration_and_sigma_stay_float32_under_amps_autocast():
+    torch.manual_seed(0)
+    D = sn_dcgan.Discriminator(8, 16, 1)
+    plain = copy.deepcopy(D)
+    x = torch.randn(4, 1, 16, 16)
+    with AutocastAtEachCall() as calls:
+        logits = common.Autocast(D, "cpu", torch.bfloat16)(x)  # what run.fast(D) is under --amp
+    plain(x)
+    assert calls.enabled["conv2d"] == {True}  # the convolutions did run under autocast
+    assert calls.enabled["mv"] == calls.enabled["vdot"] == {False}  # W v and u^T W v did not
+    assert logits.dtype == torch.float32
+    for m, p in zip(weighted_layers(D), weighted_layers(plain)):  # u, v advanced as in float32
+        sn, sn_plain = m.parametrizations.weight[0], p.parametrizations.weight[0]
+        assert sn._u.dtype == sn._v.dtype == torch.float32
+        assert torch.equal(sn._u, sn_plain._u) and torch.equal(sn._v, sn_plain._v)
 
 
 def test_losses_bce_and_hinge():
@@ -101,23 +137,25 @@ def test_smoke_main_writes_the_run_folder(mnist_root, tmp_path):
 def test_resume_is_exact(mnist_root, tmp_path):
     G_a, D_a = sn_dcgan.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "10"))
     sn_dcgan.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "5"))
-    G_b, D_b = sn_dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "10"])
+    G_b, D_b = resume(tmp_path / "b" / "checkpoint.pt", "--max_steps", "10")
     for a, b in ((G_a, G_b), (D_a, D_b)):  # the power iteration's u and v included
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
+def test_optimizer_flags_given_with_resume_win_over_the_saved_ones(mnist_root, tmp_path):
     sn_dcgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    sn_dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2", "--lr", "0.003"])
+    flags = ["--lr", "0.003", "--beta1", "0.2", "--beta2", "0.9"]
+    resume(tmp_path / "checkpoint.pt", "--max_steps", "2", *flags)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] == 2 and ckpt["args"]["lr"] == 0.003
-    assert [g["lr"] for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]] == [0.003, 0.003]
+    assert ckpt["step"] == 2 and (ckpt["args"]["lr"], ckpt["args"]["beta1"]) == (0.003, 0.2)
+    groups = [g for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]]
+    assert [(g["lr"], g["betas"]) for g in groups] == [(0.003, (0.2, 0.9))] * 2
 
 
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     sn_dcgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    sn_dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "4"])
+    resume(tmp_path / "checkpoint.pt", "--generate", "4")
     files = sorted((tmp_path / "generated").glob("*.png"))
     assert len(files) == 4 and Image.open(files[0]).size == (16, 16)
 
