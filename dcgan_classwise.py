@@ -20,21 +20,19 @@ one kind of device resumes on any other.
 
 A step updates every pair once (--critic_repeats D updates, then one G update). An epoch is one
 pass of D over the largest chosen class's batches; a smaller class starts its next pass early.
-
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, batch 128, z of size 100, --hidden_dim 64, 32 x 32).
 
-Speed, as in dcgan.py and none of it changing the maths: --amp (each pair's forward passes in
-bfloat16 autocast, the losses in float32), --compile (each pair's steps through torch.compile'd
-copies of its G and D; the checkpoint holds the plain modules), on CUDA cudnn.benchmark and
-channels_last unless --deterministic.
+Speed, none of it changing the maths: --amp (forward passes in bfloat16 autocast, losses in
+float32), --compile (each pair's steps through torch.compile'd copies of its G and D; the checkpoint
+holds the plain modules), on CUDA cudnn.benchmark and channels_last unless --deterministic.
 
 Run folder:
-    OUT/checkpoint.pt               the run, what --resume takes: flags, step, and for each class i
-                                    G_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (CPU generator)
-    OUT/class_<i>_<name>/           one per pair: samples/, progress.gif, losses.png,
-                                    interpolation.png, generated/ (--generate)
-    OUT/samples/epoch_XXXX.png      one row per class; OUT/progress.gif animates them
-    OUT/log.csv, OUT/losses.png     loss_d_<i> and loss_g_<i> for every class
+    OUT/checkpoint.pt           the run, what --resume takes: flags, step, and for each class i
+                                G_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (its CPU generator)
+    OUT/class_<i>_<name>/       one per pair: samples/, progress.gif, losses.png, interpolation.png,
+                                and generated/ with --generate
+    OUT/samples/epoch_XXXX.png  one row per class; OUT/progress.gif animates them
+    OUT/log.csv, OUT/losses.png loss_d_<i> and loss_g_<i> for every class
 
 Examples:
     python dcgan_classwise.py --data_root ./data --epochs 10                  # ten MNIST digits
@@ -58,13 +56,9 @@ LABELLED = ("mnist", "fashion-mnist", "cifar10")
 
 
 def class_list(text):
-    try:
-        classes = sorted({int(c) for c in text.split(",")})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of classes, e.g. 0,3") from None
-    if min(classes) < 0 or max(classes) > 9:
-        raise argparse.ArgumentTypeError(f"{text!r}: classes are 0 to 9")
-    return classes
+    if not all(c.strip().isdigit() and int(c) <= 9 for c in text.split(",")):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma-separated list of classes 0 to 9, e.g. 0,3")
+    return sorted({int(c) for c in text.split(",")})
 
 
 def build_parser():
@@ -76,9 +70,8 @@ def build_parser():
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
-    p("--classes", type=class_list, default=None, help="classes to train, e.g. 0,3 (default: all ten)")
-    arch_help = "conv: the paper's networks; linear: linDCGAN (default conv)"
-    p("--arch", choices=("conv", "linear"), default="conv", help=arch_help)
+    p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")
+    p("--arch", choices=("conv", "linear"), default="conv", help="paper's nets or linDCGAN (default conv)")
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
     flags = parser._option_string_actions
     flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
@@ -87,8 +80,6 @@ def build_parser():
 
 
 # -- DCGAN's networks (section 3 of the paper), and linDCGAN's -------------------------------------
-
-
 def widths(hidden_dim, image_size):
     """Channels from the 4 x 4 end to the image end: 32 px [4h, 2h, h], 64 px [8h, 4h, 2h, h]."""
     return [hidden_dim * 2**i for i in reversed(range(int(math.log2(image_size)) - 2))]
@@ -119,8 +110,8 @@ def downs(w):
 
 
 class Generator(nn.Module):
-    """conv:   z -> ConvT 4x4 to 4 x 4 x w0, BN, ReLU -> up(w0, w1) ... -> ConvT to C x S x S -> tanh
-    linear: z -> Linear to 4 x 4 x w0, BN, ReLU -> up(w0, w1) ... up(h, h) -> Conv 3x3 to C -> tanh"""
+    """conv:   z -> ConvT 4x4 to 4 x 4 x w0, BN, ReLU -> ups(w0, w1, ... h) -> ConvT to C x S x S -> tanh
+    linear: z -> Linear to 4 x 4 x w0, BN, ReLU -> ups(w0, w1, ... h, h) -> Conv 3x3 to C -> tanh"""
 
     def __init__(self, zdim, hidden_dim, image_size, channels, arch="conv"):
         super().__init__()
@@ -142,8 +133,8 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """conv:   x -> Conv 4x4 s2 to h, LeakyReLU (no BN) -> down(h, 2h) ... -> 4 x 4 -> Conv 4x4 -> logit
-    linear: x -> Conv 3x3 to h, LeakyReLU (no BN) -> down(h, h) ... -> 4 x 4 -> Linear -> logit"""
+    """conv:   x -> Conv 4x4 s2 to h, LeakyReLU (no BN) -> downs(h, 2h, ...) to 4 x 4 -> Conv 4x4 -> logit
+    linear: x -> Conv 3x3 to h, LeakyReLU (no BN) -> downs(h, h, 2h, ...) to 4 x 4 -> Linear -> logit"""
 
     def __init__(self, hidden_dim, image_size, channels, arch="conv"):
         super().__init__()
@@ -162,8 +153,6 @@ class Discriminator(nn.Module):
 
 
 # -- DCGAN's losses and its two alternating steps --------------------------------------------------
-
-
 def discriminator_loss(real_logits, fake_logits):
     """BCE(D(x), 1) + BCE(D(G(z)), 0) = -log D(x) - log(1 - D(G(z)))."""
     real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
@@ -198,8 +187,6 @@ def g_step(G, D, opt_g, z):
 
 
 # -- One pair per class, and the run around them ---------------------------------------------------
-
-
 class Pair:
     """Class c's DCGAN: G and D, their optimizers, its own noise, and its images and place in them."""
 
@@ -294,8 +281,6 @@ def train(args):
 def main(argv=None):
     parser = build_parser()
     args = common.parse_args(parser, argv)
-    if args.classes is None:
-        args.classes = list(range(10))
     if args.resume is None:
         common.check_image_size(parser, args.image_size)
     return train(args)

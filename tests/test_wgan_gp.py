@@ -155,23 +155,46 @@ def test_the_earlier_implementations_flags_work():
 def test_resume_is_exact(mnist_root, tmp_path):
     G_a, C_a = wgan_gp.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "4"))
     wgan_gp.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "2"))
-    G_b, C_b = wgan_gp.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    G_b, C_b = wgan_gp.main(
+        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4", "--device", "cpu"]
+    )
     for a, b in ((G_a, G_b), (C_a, C_b)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
+def test_optimizer_flags_given_with_resume_are_the_ones_used_afterwards(mnist_root, tmp_path, monkeypatch):
     wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2", "--lr", "0.003"])
+    used = []  # the hyperparameters each optimizer step really ran with
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: used.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]))
+    )
+    try:
+        wgan_gp.main(
+            ["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2", "--device", "cpu"]
+            + ["--lr", "0.003", "--beta1", "0.5", "--beta2", "0.99"]
+        )
+    finally:
+        handle.remove()
+    assert used and set(used) == {(0.003, (0.5, 0.99))}
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] == 2 and ckpt["args"]["lr"] == 0.003
-    assert [g["lr"] for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]] == [0.003, 0.003]
+    assert ckpt["step"] == 2 and (ckpt["args"]["lr"], ckpt["args"]["beta1"], ckpt["args"]["beta2"]) == (
+        0.003,
+        0.5,
+        0.99,
+    )
+    groups = [g for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]]
+    assert [(g["lr"], g["betas"]) for g in groups] == [(0.003, (0.5, 0.99))] * 2
 
 
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    assert wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "5"]) is None
+    assert (
+        wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "5", "--device", "cpu"])
+        is None
+    )
     files = sorted((tmp_path / "generated").glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
     assert Image.open(files[0]).size == (16, 16)
@@ -186,7 +209,9 @@ def test_refuses_an_image_size_the_networks_cannot_make(mnist_root, tmp_path, ca
 def test_refuses_a_checkpoint_with_another_critic(mnist_root, tmp_path):
     wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     with pytest.raises(SystemExit, match="critic_norm"):
-        wgan_gp.main(["--resume", str(tmp_path / "checkpoint.pt"), "--critic_norm", "none"])
+        wgan_gp.main(
+            ["--resume", str(tmp_path / "checkpoint.pt"), "--critic_norm", "none", "--device", "cpu"]
+        )
 
 
 def test_help_says_what_an_epoch_and_a_generator_step_are(capsys):
