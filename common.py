@@ -811,7 +811,7 @@ class Run:
     @property
     def channels(self):
         """Image channels of the checkpoint's networks (for --generate, which reads no data)."""
-        return self.ckpt["channels"]
+        return self.ckpt.get("channels") or self.ckpt["image_shape"][0]  # image_shape: older checkpoints
 
     # -- what is saved ---------------------------------------------------------------------------
 
