@@ -19,7 +19,12 @@ def tiny(mnist_root, out, *extra):
     return ["--data_root", mnist_root, "--out", str(out), *TINY, *extra]
 
 
-def test_every_critic_parameter_lies_in_minus_c_c_after_a_critic_step():
+def resume(checkpoint, *extra):
+    return ["--resume", str(checkpoint), "--device", "cpu", *extra]
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_every_critic_parameter_lies_in_minus_c_c_after_a_critic_step(amp):
     torch.manual_seed(0)
     G, critic = wgan.Generator(8, 8, 16, 1), wgan.Critic(8, 16, 1)
     with torch.no_grad():  # start far outside the box, so the step itself must clip
@@ -27,10 +32,12 @@ def test_every_critic_parameter_lies_in_minus_c_c_after_a_critic_step():
             p.uniform_(-1, 1)
     opt_c = torch.optim.RMSprop(critic.parameters(), lr=5e-5)
     real = torch.rand(16, 1, 16, 16) * 2 - 1
-    loss, wasserstein = wgan.critic_step(G, critic, opt_c, real, 8, 0.03)
+    # under --amp the step sees the autocast wrapper train() makes; the clip must reach the critic inside
+    fast = common.Autocast(critic, "cpu", torch.bfloat16) if amp else critic
+    loss, wasserstein = wgan.critic_step(G, fast, opt_c, real, 8, 0.03)
     params = torch.cat([p.detach().flatten() for p in critic.parameters()])
     assert params.abs().max() == pytest.approx(0.03)  # BatchNorm's gain and offset included
-    assert torch.isfinite(loss) and torch.equal(loss, -wasserstein)
+    assert torch.isfinite(loss) and torch.equal(loss, -wasserstein) and loss.dtype == torch.float32
 
 
 def test_clip_flag_bounds_the_trained_critic(mnist_root, tmp_path):
@@ -75,6 +82,15 @@ def test_warmup_schedule_is_the_authors():
     ]
 
 
+def test_generator_steps_are_those_whose_critic_updates_fit_in_the_epochs():
+    off = SimpleNamespace(warmup_critic=False, critic_repeats=5, epochs=3)
+    assert wgan.generator_steps(off, 7) == 4  # 21 critic batches: 4 steps of 5, one batch left over
+    on = SimpleNamespace(warmup_critic=True, critic_repeats=5, epochs=1)
+    assert wgan.generator_steps(on, 2500) == 25  # the 25 warm-up steps of 100
+    # steps 25..499 take 5 each (4875 batches in all), step 500 takes 100 again
+    assert [wgan.generator_steps(on, n) for n in (4874, 4875, 4974, 4975)] == [499, 500, 500, 501]
+
+
 def test_generator_step_leaves_the_critic_unchanged():
     torch.manual_seed(0)
     G, critic = wgan.Generator(8, 8, 16, 1), wgan.Critic(8, 16, 1)
@@ -114,12 +130,14 @@ def test_smoke_main_writes_the_run_folder(mnist_root, tmp_path):
     assert list((tmp_path / "samples").glob("*.png"))
     row = common.read_log(tmp_path)[-1]
     assert row["step"] == 1 and {"loss_c", "loss_g", "wasserstein"} <= set(row)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert {"G", "D", "opt_g", "opt_d", "fixed_z"} <= set(ckpt) and ckpt["script"] == "wgan.py"
 
 
 def test_resume_is_exact(mnist_root, tmp_path):
     G_a, C_a = wgan.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "4"))
     wgan.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "2"))
-    G_b, C_b = wgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    G_b, C_b = wgan.main(resume(tmp_path / "b" / "checkpoint.pt", "--max_steps", "4"))
     for a, b in ((G_a, G_b), (C_a, C_b)):  # BatchNorm's running statistics included
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -127,7 +145,7 @@ def test_resume_is_exact(mnist_root, tmp_path):
 
 def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
     wgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    wgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2", "--lr", "0.003"])
+    wgan.main(resume(tmp_path / "checkpoint.pt", "--max_steps", "2", "--lr", "0.003"))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2 and ckpt["args"]["lr"] == 0.003
     assert [g["lr"] for k in ("opt_g", "opt_d") for g in ckpt[k]["param_groups"]] == [0.003, 0.003]
@@ -135,7 +153,7 @@ def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
 
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     wgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
-    wgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "3"])
+    assert wgan.main(resume(tmp_path / "checkpoint.pt", "--generate", "3")) is None
     files = sorted((tmp_path / "generated").glob("*.png"))
     assert [f.name for f in files] == ["000000.png", "000001.png", "000002.png"]
     assert Image.open(files[0]).size == (16, 16)
@@ -144,18 +162,18 @@ def test_generate_writes_n_pngs(mnist_root, tmp_path):
 def test_refuses_a_checkpoint_of_another_script_or_shape(mnist_root, tmp_path):
     wgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     with pytest.raises(SystemExit, match="hidden_dim"):
-        wgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--hidden_dim", "16"])
+        wgan.main(resume(tmp_path / "checkpoint.pt", "--hidden_dim", "16"))
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     ckpt["script"] = "wgan_gp.py"
     torch.save(ckpt, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="written by wgan_gp.py"):
-        wgan.main(["--resume", str(tmp_path / "other.pt")])
+        wgan.main(resume(tmp_path / "other.pt"))
 
 
 @pytest.mark.parametrize("argv", [["--image_size", "48"], ["--c_lambda", "10"], ["--clip", "0"]])
 def test_refuses_bad_or_foreign_flags(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        wgan.main(argv)
+        wgan.main([*argv, "--device", "cpu"])
     assert e.value.code == 2 and argv[0] in capsys.readouterr().err
 
 
