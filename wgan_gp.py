@@ -99,7 +99,6 @@ class Generator(nn.Module):
 
     def __init__(self, zdim, hidden_dim, image_size, channels):
         super().__init__()
-        self.image_shape = (channels, image_size, image_size)
         w = widths(hidden_dim, image_size)
         layers = [nn.ConvTranspose2d(zdim, w[0], 4, 1, 0, bias=False), nn.BatchNorm2d(w[0]), nn.ReLU(True)]
         for a, b in zip(w, w[1:]):
