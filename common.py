@@ -805,7 +805,7 @@ class Run:
         self.amp = amp_dtype(self.device, getattr(args, "amp", False))
         self.things = {}
         self.step = self.ckpt["step"] if self.ckpt else 0
-        self.batches_done = self.ckpt["batches_done"] if self.ckpt else 0
+        self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.loader, self.log, self._stop = None, None, None, None
 
     @property

@@ -34,13 +34,29 @@ def same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_networks_are_dcgans_with_the_same_parameters_for_the_same_seed(arch):
+    import dcgan
+
+    for size, channels in ((16, 1), (32, 3)):
+        made = []
+        for module in (cw, dcgan):
+            torch.manual_seed(7)
+            G = module.Generator(16, 8, size, channels, arch)
+            made.append((G, module.Discriminator(8, size, channels, arch)))
+        for mine, theirs in zip(*made):
+            a, b = mine.state_dict(), theirs.state_dict()
+            assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert made[0][0](torch.randn(2, 16)).shape == (2, channels, size, size)
+
+
 def test_each_pair_sees_only_its_own_class(mnist_root, tmp_path, monkeypatch):
     seen = []
     real_d_step = cw.d_step
 
-    def recording_d_step(G, D, opt_d, real, zdim, noise):
+    def recording_d_step(G, D, opt_d, real, z):
         seen.append((D, classes_of(real)))
-        return real_d_step(G, D, opt_d, real, zdim, noise)
+        return real_d_step(G, D, opt_d, real, z)
 
     monkeypatch.setattr(cw, "d_step", recording_d_step)
     pairs = cw.main(
@@ -56,16 +72,18 @@ def test_each_pair_sees_only_its_own_class(mnist_root, tmp_path, monkeypatch):
 
 def test_training_one_pair_leaves_the_others_unchanged(mnist_root):
     args = cw.build_parser().parse_args(["--data_root", mnist_root, *SMALL, "--classes", "1,4"])
+    run = common.Run(args, cw.SCRIPT, cw.SHAPE_FLAGS)
     images, labels = common.load_tensor_dataset("mnist", mnist_root, 16, args.classes)
-    one, four = (cw.Pair(args, c, images[labels == c], 1, torch.device("cpu")) for c in (1, 4))
+    one, four = (cw.Pair(run, c, 1, images[labels == c]) for c in (1, 4))
     before = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     noise_before = four.noise.get_state()
     for _ in range(3):
-        one.train_step(args)
+        cw.d_step(one.G, one.D, one.opt_d, one.real_batch(), one.z(one.data.batch))
+        cw.g_step(one.G, one.D, one.opt_g, one.z(one.data.batch))
     after = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     assert not same(before[1], after[1])  # the trained pair did change
     assert same(before[4], after[4]) and torch.equal(noise_before, four.noise.get_state())
-    assert four.step == 0 and one.step == 3
+    assert four.batches_done == 0 and one.batches_done == 3
 
 
 def test_a_pair_trains_the_same_alone_or_beside_others(mnist_root, tmp_path):
@@ -80,14 +98,17 @@ def test_a_pair_trains_the_same_alone_or_beside_others(mnist_root, tmp_path):
 def test_outputs_per_class_and_combined_grid(mnist_root, tmp_path):
     cw.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "0,3", "--epochs", "2"])
     for folder in ("class_0_0", "class_3_3"):
-        for name in ("checkpoint.pt", "losses.png", "progress.gif", "interpolation.png"):
-            assert (tmp_path / folder / name).is_file(), f"{folder}/{name}"
+        names = {"losses.png", "progress.gif", "interpolation.png", "samples"}
+        assert {p.name for p in (tmp_path / folder).iterdir()} == names, folder  # no checkpoint of its own
         assert sorted(p.name for p in (tmp_path / folder / "samples").iterdir()) == [
             "epoch_0001.png",
             "epoch_0002.png",
         ]
     for name in ("checkpoint.pt", "log.csv", "losses.png", "progress.gif", "samples/epoch_0002.png"):
         assert (tmp_path / name).is_file(), name
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    things = ("G", "D", "opt_g", "opt_d", "noise", "fixed_z")
+    assert {f"{k}_{c}" for k in things for c in (0, 3)} <= set(ckpt) and ckpt["step"] == 2
     # combined grid: 8 columns of 16 px, one row per class, 2 px padding
     assert Image.open(tmp_path / "samples" / "epoch_0002.png").size == (8 * 18 + 2, 2 * 18 + 2)
     header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
@@ -98,9 +119,9 @@ def test_cifar_pairs_see_only_their_class_and_use_its_name(cifar_root, tmp_path,
     seen = []
     real_d_step = cw.d_step
 
-    def recording_d_step(G, D, opt_d, real, zdim, noise):
+    def recording_d_step(G, D, opt_d, real, z):
         seen.append((D, {red_class(im) for im in real}))
-        return real_d_step(G, D, opt_d, real, zdim, noise)
+        return real_d_step(G, D, opt_d, real, z)
 
     monkeypatch.setattr(cw, "d_step", recording_d_step)
     args = ["--dataset", "cifar10", "--data_root", cifar_root, *SMALL, "--out", str(tmp_path)]
@@ -108,32 +129,70 @@ def test_cifar_pairs_see_only_their_class_and_use_its_name(cifar_root, tmp_path,
     assert pairs[1][0].image_shape == (3, 16, 16)
     owner = {id(D): c for c, (G, D) in pairs.items()}
     assert len(seen) == 4 and all(found == {owner[id(D)]} for D, found in seen)
-    assert (tmp_path / "class_1_car" / "checkpoint.pt").is_file()
-    assert (tmp_path / "class_7_horse" / "checkpoint.pt").is_file()
+    assert {p.name for p in tmp_path.glob("class_*")} == {"class_1_car", "class_7_horse"}
 
 
-def test_resume_is_exact_for_every_pair(mnist_root, tmp_path):
-    base = ["--data_root", mnist_root, *SMALL, "--classes", "2,7", "--log_every", "1"]
+@pytest.mark.parametrize("critic_repeats", ["1", "3"])
+def test_resume_is_exact_for_every_pair(mnist_root, tmp_path, critic_repeats):
+    """2 batches per class and a stop after 3 or 9 of them: each pair resumes in the middle of a pass
+    (and with 3 D updates per step, a step spans two passes)."""
+    base = ["--data_root", mnist_root, *SMALL, "--batch", "5", "--classes", "2,7", "--log_every", "1"]
+    base += ["--critic_repeats", critic_repeats]
     full = cw.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
-    cw.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
+    cw.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "3"])
     resumed = cw.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
     for c in (2, 7):
         for one, two in zip(full[c], resumed[c]):
             assert same(one.state_dict(), two.state_dict()), c
+    rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
 
 
-def test_resume_catches_up_a_pair_saved_behind_the_others(mnist_root, tmp_path):
-    """A run killed between two pairs' checkpoint writes: the pair behind catches up, exactly."""
-    base = ["--data_root", mnist_root, *SMALL, "--classes", "2,7"]
-    full = cw.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "3"])
-    cw.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "1"])
-    behind = torch.load(tmp_path / "b" / "class_2_2" / "checkpoint.pt", weights_only=False)
-    cw.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "2"])
-    common.save_checkpoint(tmp_path / "b" / "class_2_2" / "checkpoint.pt", behind)
-    resumed = cw.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "3"])
-    for c in (2, 7):
-        for one, two in zip(full[c], resumed[c]):
-            assert same(one.state_dict(), two.state_dict()), c
+def test_checkpoint_holds_each_pairs_noise_as_a_cpu_generator_state(mnist_root, tmp_path):
+    """The noise state loads into a CPU torch.Generator whatever device trained, so a run resumes
+    on another kind of device; it is the pair's stream after fixed_z and two steps' z, drawn on the CPU."""
+    cw.main(
+        ["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "3,8", "--max_steps", "2"]
+    )
+    ckpt = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    for c in (3, 8):
+        restored = torch.Generator()
+        restored.set_state(ckpt[f"noise_{c}"])  # a CUDA generator's state is refused here
+        expected = torch.Generator().manual_seed(c)  # seed 0: pair c's seed is 0 * 1000 + c
+        assert torch.equal(ckpt[f"fixed_z_{c}"], torch.randn(64, 16, generator=expected))
+        for _ in range(2 * 2):  # two steps, each one D and one G batch of 12 (the class's 12 images)
+            torch.randn(12, 16, generator=expected)
+        assert torch.equal(restored.get_state(), expected.get_state())
+
+
+def test_optimizer_flags_given_with_resume_are_the_ones_used_afterwards(mnist_root, tmp_path):
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    base = ["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "0,5"]
+    cw.main([*base, "--max_steps", "1"])
+    used = []  # the hyperparameters each optimizer step really ran with
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: used.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"]))
+    )
+    try:
+        cw.main(
+            [
+                "--resume",
+                str(tmp_path / "checkpoint.pt"),
+                "--lr",
+                "0.003",
+                "--beta1",
+                "0.9",
+                "--max_steps",
+                "2",
+            ]
+        )
+    finally:
+        handle.remove()
+    assert len(used) == 4 and set(used) == {(0.003, (0.9, 0.999))}  # two pairs, one D and one G step each
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    groups = [g for c in (0, 5) for k in ("opt_g", "opt_d") for g in ckpt[f"{k}_{c}"]["param_groups"]]
+    assert ckpt["step"] == 2 and [(g["lr"], g["betas"]) for g in groups] == [(0.003, (0.9, 0.999))] * 4
 
 
 def test_generate_writes_n_per_class(mnist_root, tmp_path):
@@ -155,9 +214,10 @@ def test_refusals(mnist_root, tmp_path, capsys):
         cw.main(["--dataset", "celeba"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--dataset" in err and "'celeba'" in err
-    with pytest.raises(SystemExit) as e:
-        cw.main(["--classes", "3,12"])
-    assert e.value.code == 2 and "--classes" in capsys.readouterr().err
+    for bad in ("3,12", "3,a", "-1"):
+        with pytest.raises(SystemExit) as e:
+            cw.main(["--classes", bad])
+        assert e.value.code == 2 and "--classes" in capsys.readouterr().err
     cw.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "1", "--max_steps", "1"])
     with pytest.raises(SystemExit) as e:
         cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--classes", "1,2"])
@@ -166,17 +226,13 @@ def test_refusals(mnist_root, tmp_path, capsys):
         and "--classes 1,2" in str(e.value)
         and "dcgan_classwise.py" in str(e.value)
     )
-    with pytest.raises(SystemExit) as e:
-        cw.main(["--resume", str(tmp_path / "class_1_1" / "checkpoint.pt"), "--max_steps", "2"])
-    assert "class_1_1" in str(e.value)
 
 
-def test_nonfinite_loss_stops_with_step_and_keeps_every_checkpoint(mnist_root, tmp_path):
+def test_nonfinite_loss_stops_with_step_and_keeps_the_checkpoint(mnist_root, tmp_path):
     base = ["--data_root", mnist_root, *SMALL, "--classes", "0,5", "--out", str(tmp_path)]
     cw.main([*base, "--max_steps", "2"])
-    good = {c: torch.load(tmp_path / f"class_{c}_{c}" / "checkpoint.pt", weights_only=False) for c in (0, 5)}
+    good = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     with pytest.raises(SystemExit, match=r"loss_._\d became .* at step \d+"):
         cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--lr", "1e38", "--max_steps", "60"])
-    for c in (0, 5):
-        kept = torch.load(tmp_path / f"class_{c}_{c}" / "checkpoint.pt", weights_only=False)
-        assert kept["step"] == 2 and same(good[c]["G"], kept["G"])
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert kept["step"] == 2 and all(same(good[f"G_{c}"], kept[f"G_{c}"]) for c in (0, 5))
