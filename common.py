@@ -159,7 +159,7 @@ def add_common_flags(
 
 
 def add_speed_flags(parser, compile_help=None):
-    """--amp, --compile and --deterministic (issue 6): how fast, never what is computed on CPU by default."""
+    """--amp, --compile and --deterministic: how fast, never what is computed on CPU by default."""
     p = parser.add_argument
     on_off = argparse.BooleanOptionalAction
     p(

@@ -157,6 +157,7 @@ def instrumented(module, device, warmup, steps, baseline, data_root, workers, pr
         patch(common.RunLog, "add", timed_add, saved)
         for name in ("save_grid", "save_checkpoint", "save_gif", "plot_losses"):
             patch(common, name, excluded(getattr(common, name)), saved)
+        patch(common.Run, "save", excluded(common.Run.save), saved)  # its finite check syncs the device
         if hasattr(module, "sample"):
             patch(module, "sample", excluded(module.sample), saved)
         if baseline:
