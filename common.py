@@ -17,6 +17,7 @@ Nothing here trains anything: every model file keeps its own networks, losses an
 
 import argparse
 import csv
+import importlib.util
 import math
 import os
 import pickle
@@ -148,6 +149,13 @@ def add_common_flags(
         type=positive_int,
         default=50,
         help="log.csv row and progress every N steps (default 50)",
+    )
+    p(
+        "--quality",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="on labelled data, the classifier FID of 1,000 fixed samples after each epoch, in log.csv "
+        "and quality.png; needs evaluate.py beside the script and torch-fidelity (default on)",
     )
     if {"celeba", "folder"} & set(datasets):
         p(
@@ -642,6 +650,14 @@ class RunLog:
             if not new:
                 with open(self.path) as f:
                     self.fields = next(csv.reader(f), self.fields)
+        if not new and set(row) - set(self.fields):  # a column that starts later (fid): widen the file
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += [k for k in row if k not in self.fields]
+            with open(self.path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=self.fields)
+                w.writeheader()
+                w.writerows(rows)
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             if new:
@@ -693,11 +709,11 @@ def plot_losses(out, keys, path=None, title=None):
         return
     panels = [k if isinstance(k, (list, tuple)) else [k] for k in keys]
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
-    steps = [r["step"] for r in rows]
     for ax, panel in zip(axes[:, 0], panels):
         for k in panel:
-            if k in rows[0]:
-                ax.plot(steps, [r.get(k, math.nan) for r in rows], label=k, lw=1)
+            points = [(r["step"], r[k]) for r in rows if k in r]  # fid exists at epoch ends only
+            if points:
+                ax.plot(*zip(*points), label=k, lw=1, marker="." if len(points) < 50 else None)
         ax.legend(loc="upper right")
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("generator step")
@@ -779,12 +795,12 @@ class Run:
         run = Run(args, SCRIPT, SHAPE_FLAGS)       device, seed, CUDA settings, --resume checked
         run.track(G=G, D=D, opt_g=opt_g, ...)      what is saved; restored in place on --resume
         fast_G = run.fast(G)                       --compile / --amp, if asked for
-        run.start(data, total, grid)               the log, the position in the data, the console
+        run.start(data, total, grid, sample=...)   the log, the position in the data, the console
         with run:                                  Ctrl-C: finish the step, then save
             while run.running():
                 real = run.real_batch()            ... the paper's updates ...
                 run.step_done(images, loss_d=..., loss_g=...)   log; grid + checkpoint each epoch
-        run.finish(sample, [["loss_d", "loss_g"]])  last checkpoint, GIF, loss plot, latent walk
+        run.finish([["loss_d", "loss_g"]])         last checkpoint, GIF, loss plot, latent walk
     and for --generate: run.track(G=G), then run.generate(sample, zdim).
 
     Everything in a checkpoint is what the model tracked plus: script, args, step, batches_done,
@@ -879,13 +895,16 @@ class Run:
 
     # -- the loop --------------------------------------------------------------------------------
 
-    def start(self, data, total, grid=None, about=None, log_extra=None):
+    def start(self, data, total, grid=None, about=None, log_extra=None, sample=None, classes=None):
         """Begin (or continue) training on `data` for `total` generator steps (--max_steps caps it).
 
         grid(): images for the sample grid, saved each epoch (or --sample_every steps) with a
         checkpoint (or {subfolder: images}: one grid in each OUT/subfolder/samples/, one GIF in each).
-        log_extra(): more columns for each log row (read only when a row is written)."""
-        self.data, self.grid, self.log_extra = data, grid, log_extra
+        log_extra(): more columns for each log row (read only when a row is written).
+        sample(z): images for latent vectors z; with it, each epoch's log row gets `fid`, the
+        quality of 1,000 fixed samples (see quality()), measured against `classes` of the data."""
+        self.data, self.grid, self.log_extra, self.sample = data, grid, log_extra, sample
+        self.quality = self._quality_meter(sample, classes) if sample else None
         args = self.args
         self.total = min(total, args.max_steps) if args.max_steps else total
         if self.ckpt:
@@ -927,14 +946,14 @@ class Run:
         """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint."""
         self.step += 1
         self.log.add(images, **losses)
-        self._log_row()
-        epoch = self.epoch()
-        every = getattr(self.args, "sample_every", None)
-        if epoch > self.last_epoch or (every and self.step % every == 0):
-            name = f"epoch_{epoch:04d}" if epoch > self.last_epoch else f"step_{self.step:06d}"
+        epoch, every = self.epoch(), getattr(self.args, "sample_every", None)
+        new_epoch, last = epoch > self.last_epoch, not self.running()
+        saving = new_epoch or (every and self.step % every == 0)
+        # a forced row before a save: the losses are checked finite before they are saved
+        self._log_row(force=saving or last, **(self._fid() if new_epoch or last else {}))
+        if saving:
+            self._save_grids(f"epoch_{epoch:04d}" if new_epoch else f"step_{self.step:06d}")
             self.last_epoch = epoch
-            self._save_grids(name)
-            self._log_row(force=True)  # the losses are checked finite before the save
             self.save()
 
     def _save_grids(self, name):
@@ -947,12 +966,46 @@ class Run:
             self.grid_folders.add(self.out / sub)
         self.grid_at = self.step
 
-    def _log_row(self, force=False):
+    def _log_row(self, force=False, **fid):
         due = force or self.step % self.log.every == 0 or self.step == self.total
         extra = self.log_extra() if self.log_extra and due and self.log.count else {}
-        self.log.step(self.step, self.epoch(), force=force, **extra)
+        self.log.step(self.step, self.epoch(), force=force, **extra, **fid)
 
-    def finish(self, sample=None, losses=(), title=None):
+    def _quality_meter(self, sample, classes):
+        """The quality figure over training: evaluate.py's classifier FID of 1,000 samples from fixed
+        noise. Only when evaluate.py stands beside common.py (a script copied alone trains without it)."""
+        args, path = self.args, Path(__file__).with_name("evaluate.py")
+        if not getattr(args, "quality", False):
+            return None
+        if not path.is_file():
+            print(f"note: no {path.name} beside {Path(__file__).name}: training without the quality figure")
+            return None
+        spec = importlib.util.spec_from_file_location("evaluate", path)
+        evaluate = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(evaluate)
+        with torch.random.fork_rng(devices=[]):  # the run's random stream is the same with or without it
+            meter = evaluate.quality_meter(
+                args.dataset, args.data_root, args.image_size, self.data.channels, self.device, 1000, classes
+            )
+        if meter is None:
+            return None
+        z = torch.randn(1000, args.zdim, generator=torch.Generator().manual_seed(args.seed + 2))
+
+        def measure():  # a generator gone NaN has no FID: the loss check then stops the run
+            images = sample(z.to(self.device))
+            return meter(images) if images.isfinite().all() else math.nan
+
+        return measure
+
+    def _fid(self):
+        if not self.quality:
+            return {}
+        start = time.perf_counter()
+        fid = self.quality()
+        self.log.start += time.perf_counter() - start  # not training time: elapsed_s leaves it out
+        return {"fid": fid}
+
+    def finish(self, losses=(), title=None, walk=True):
         """The last log row and checkpoint, the last grid, progress.gif, losses.png, interpolation.png."""
         self._log_row(force=True)
         self.save()
@@ -963,10 +1016,13 @@ class Run:
             save_gif(grids, folder / "progress.gif")
         if losses:
             plot_losses(self.out, losses, title=title or self.script)
-        if sample:
-            walk = torch.Generator().manual_seed(self.args.seed + 1)
-            ends = torch.randn(2, 8, self.args.zdim, generator=walk).to(self.device)
-            images = sample(interpolation_latents(ends[0], ends[1], 10))
+        if any("fid" in r for r in read_log(self.out)):
+            quality = "classifier FID of 1,000 fixed samples (lower is better)"
+            plot_losses(self.out, ["fid"], path=self.out / "quality.png", title=f"{self.script}: {quality}")
+        if self.sample and walk:
+            noise = torch.Generator().manual_seed(self.args.seed + 1)
+            ends = torch.randn(2, 8, self.args.zdim, generator=noise).to(self.device)
+            images = self.sample(interpolation_latents(ends[0], ends[1], 10))
             save_grid(images, self.out / "interpolation.png", nrow=10)
         stopped = self._stop is not None and self._stop.requested
         print(f"{'stopped' if stopped else 'done'} at step {self.step}; outputs in {self.out}")

@@ -235,7 +235,7 @@ def train(args):
     fast_G, fast_D = run.fast(G), run.fast(D)
     about = f"{args.dataset} at {args.image_size} px, {len(data)} batches of {data.batch} per epoch"
     total = args.epochs * len(data) // args.critic_repeats
-    run.start(data, total, grid=lambda: sample(G, fixed_z), about=about)
+    run.start(data, total, grid=lambda: sample(G, fixed_z), about=about, sample=lambda z: sample(G, z))
     with run:
         while run.running():
             for _ in range(args.critic_repeats):
@@ -243,7 +243,7 @@ def train(args):
             loss_g = generator_step(fast_G, fast_D, opt_g, data.batch, args.zdim, run.device)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     title = f"{SCRIPT} ({args.arch}, {args.image_size} px)"
-    run.finish(lambda z: sample(G, z), [["loss_d", "loss_g"]], title=title)
+    run.finish([["loss_d", "loss_g"]], title=title)
     return G, D
 
 

@@ -21,10 +21,7 @@ one kind of device resumes on any other.
 A step updates every pair once (--critic_repeats D updates, then one G update). An epoch is one
 pass of D over the largest chosen class's batches; a smaller class starts its next pass early.
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, batch 128, z of size 100, --hidden_dim 64, 32 x 32).
-
-Speed, none of it changing the maths: --amp (forward passes in bfloat16 autocast, losses in
-float32), --compile (each pair's steps through torch.compile'd copies of its G and D; the checkpoint
-holds the plain modules), on CUDA cudnn.benchmark and channels_last unless --deterministic.
+Speed, same maths: --amp (bfloat16 autocast), --compile, on CUDA cudnn.benchmark and channels_last.
 
 Run folder:
     OUT/checkpoint.pt           the run, what --resume takes: flags, step, and for each class i
@@ -73,8 +70,8 @@ def build_parser():
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")
     p("--arch", choices=("conv", "linear"), default="conv", help="paper's nets or linDCGAN (default conv)")
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
-    flags = parser._option_string_actions
-    flags["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
+    generate = parser._option_string_actions["--generate"]
+    generate.help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     common.add_speed_flags(parser)
     return parser
 
@@ -115,7 +112,6 @@ class Generator(nn.Module):
 
     def __init__(self, zdim, hidden_dim, image_size, channels, arch="conv"):
         super().__init__()
-        self.image_shape = (channels, image_size, image_size)
         w = widths(hidden_dim, image_size)
         if arch == "conv":
             layers = [nn.Unflatten(1, (zdim, 1, 1)), nn.ConvTranspose2d(zdim, w[0], 4, 1, 0, bias=False)]
@@ -203,7 +199,6 @@ class Pair:
         self.fast_G, self.fast_D = run.fast(self.G), run.fast(self.D)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
-        # a CPU generator (z is moved to the device after): its saved state resumes on any device
         self.zdim, self.noise = args.zdim, torch.Generator().manual_seed(args.seed * 1000 + c)
         self.fixed_z = self.z(64)
         if images is not None:  # training, not --generate
@@ -244,6 +239,11 @@ def grids(pairs):
     return {**images, "": torch.cat([x[:8] for x in images.values()])}
 
 
+def pooled(pairs, z):
+    """An equal share of z through each pair's G: the quality figure measures the pairs together."""
+    return torch.cat([sample(p.G, part) for p, part in zip(pairs, z.chunk(len(pairs)))])
+
+
 def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:  # each class's PNGs in its own folder, from its own seed
@@ -254,10 +254,10 @@ def train(args):
     images, labels = common.load_tensor_dataset(args.dataset, args.data_root, args.image_size, args.classes)
     pairs = [Pair(run, c, images.shape[1], images[labels == c]) for c in args.classes]
     run.track(**{name: thing for p in pairs for name, thing in p.things().items()})
-    largest = max((p.data for p in pairs), key=len)  # the run's epoch: one pass over the largest class
-    sizes = ", ".join(f"{p.name} {len(p.data.images)}" for p in pairs)
-    about = f"{args.dataset} at {args.image_size} px ({sizes})"
-    run.start(largest, args.epochs * len(largest) // args.critic_repeats, lambda: grids(pairs), about)
+    data = max((p.data for p in pairs), key=len)  # the run's epoch: one pass over the largest class
+    about = f"{args.dataset} at {args.image_size} px, classes {','.join(map(str, args.classes))}"
+    quality = dict(sample=partial(pooled, pairs), classes=args.classes)  # the pairs' samples together
+    run.start(data, args.epochs * len(data) // args.critic_repeats, partial(grids, pairs), about, **quality)
     with run:
         while run.running():
             losses = {}
@@ -268,13 +268,13 @@ def train(args):
                 losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew
             run.step_done(sum(p.data.batch for p in pairs) * args.critic_repeats, **losses)
-    run.finish(None, [[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT)
+    run.finish([[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT, walk=False)
     ends = torch.randn(2, 8, args.zdim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
     for p in pairs:  # each pair's own loss plot and latent walk, beside its grids and GIF
-        keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
-        common.plot_losses(run.out, keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
-        walk_images = sample(p.G, common.interpolation_latents(ends[0], ends[1], 10))
-        common.save_grid(walk_images, run.out / p.name / "interpolation.png", nrow=10)
+        loss_keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
+        common.plot_losses(run.out, loss_keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
+        walk = sample(p.G, common.interpolation_latents(ends[0], ends[1], 10))
+        common.save_grid(walk, run.out / p.name / "interpolation.png", nrow=10)
     return {p.c: (p.G, p.D) for p in pairs}
 
 

@@ -338,7 +338,8 @@ def cached_classifier(path, dataset, counts=None):
         return None, None
     try:
         info = torch.load(path, map_location="cpu", weights_only=True)
-        net = Classifier(info["channels"], CLASSIFIER_SIZE[dataset], CLASSES)
+        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the caller's RNG be
+            net = Classifier(info["channels"], CLASSIFIER_SIZE[dataset], CLASSES)
         net.load_state_dict(info.pop("state_dict"))
         if info["version"] == CLASSIFIER_VERSION and counts in (None, info["label_counts"]):
             return net.eval(), info
@@ -506,13 +507,13 @@ class QualityMeter:
         return float(frechet_distance(gaussian(feats), self.real_stats))
 
 
-def quality_meter(dataset, data_root, image_size, channels, device, n=1000, seed=0):
+def quality_meter(dataset, data_root, image_size, channels, device, n=1000, classes=None):
     """The training scripts' quality figure: a callable measure(images) -> FID, or None.
 
     dataset, data_root, image_size, channels: the run's data (its real images, at the run's size);
     device: where the classifier runs (images may be on any device); n: the most images one call
-    takes; seed: picks nothing today (the real statistics use every training image; the classifier
-    is the cached one, trained with seed 0): kept so callers can pass their run's seed.
+    takes; classes: the classes the run trains on (--digit, --classes), so that a one-digit run is
+    measured against that digit. The real statistics use every training image (of those classes).
     None, after a one-line note, for data without labels or without torch-fidelity."""
     if dataset not in LABELLED:
         print(f"note: quality figure skipped: {dataset} has no class labels for the evaluation classifier")
@@ -524,6 +525,8 @@ def quality_meter(dataset, data_root, image_size, channels, device, n=1000, seed
     if images.shape[1] != channels:
         raise ValueError(f"{dataset} has {images.shape[1]} channel(s), not {channels}")
     net, _ = load_classifier(dataset, data_root, torch.device(device), labels)
+    if classes is not None:
+        images = images[in_classes(labels, classes)]
     return QualityMeter(net, gaussian(classifier_outputs(net, images)[0]), n)
 
 

@@ -211,19 +211,21 @@ def train(args):
         G = build(args, run.channels, run.device)[0]
         run.track(G=G)
         return run.generate(lambda z: sample(G, z), args.zdim)
-    data = common.make_batches(args, run.device, None if args.digit is None else [args.digit])
+    digits = None if args.digit is None else [args.digit]
+    data = common.make_batches(args, run.device, digits)
     G, D, opt_g, opt_d = build(args, data.channels, run.device)
     fixed_z = torch.randn(64, args.zdim, device=run.device)
     run.track(G=G, D=D, opt_g=opt_g, opt_d=opt_d, fixed_z=fixed_z)
     fast_G, fast_D = run.fast(G), run.fast(D)
-    run.start(data, args.epochs * len(data) // args.critic_repeats, grid=lambda: sample(G, fixed_z))
+    total = args.epochs * len(data) // args.critic_repeats
+    run.start(data, total, grid=lambda: sample(G, fixed_z), sample=lambda z: sample(G, z), classes=digits)
     with run:
         while run.running():
             for _ in range(args.critic_repeats):
                 loss_d = d_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
             loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.g_loss, run.device)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
-    run.finish(lambda z: sample(G, z), [["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")
+    run.finish([["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")
     return G, D
 
 

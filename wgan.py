@@ -222,7 +222,8 @@ def train(args):
     run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
     # the steps call these wrappers; they share the parameters, so clipping fast_critic clips the critic
     fast_G, fast_critic = run.fast(G), run.fast(critic)
-    run.start(data, generator_steps(args, len(data)), grid=lambda: sample(G, fixed_z))
+    total = generator_steps(args, len(data))
+    run.start(data, total, grid=lambda: sample(G, fixed_z), sample=lambda z: sample(G, z))
     with run:
         while run.running():
             n_critic = critic_updates(run.step, args)
@@ -233,7 +234,7 @@ def train(args):
             loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
             run.step_done(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
     plots = [["loss_c", "loss_g"], ["wasserstein"]]
-    run.finish(lambda z: sample(G, z), plots, title=f"{SCRIPT} (clip {args.clip})")
+    run.finish(plots, title=f"{SCRIPT} (clip {args.clip})")
     return G, critic
 
 

@@ -210,7 +210,8 @@ def train(args):
     run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
     # the critic is never compiled: torch.compile does not run the penalty's double backward
     fast_G, fast_critic = run.fast(G), run.fast(critic, compile=False)
-    run.start(data, args.epochs * len(data) // args.critic_repeats, grid=lambda: sample(G, fixed_z))
+    total = args.epochs * len(data) // args.critic_repeats
+    run.start(data, total, grid=lambda: sample(G, fixed_z), sample=lambda z: sample(G, z))
     with run:
         while run.running():
             for _ in range(args.critic_repeats):
@@ -221,7 +222,7 @@ def train(args):
             losses = dict(loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein, penalty=penalty)
             run.step_done(data.batch * args.critic_repeats, **losses)
     plots = [["loss_c", "loss_g"], ["wasserstein"], ["penalty"]]
-    run.finish(lambda z: sample(G, z), plots, title=f"{SCRIPT} (lambda {args.c_lambda})")
+    run.finish(plots, title=f"{SCRIPT} (lambda {args.c_lambda})")
     return G, critic
 
 

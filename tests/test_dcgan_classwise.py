@@ -126,7 +126,7 @@ def test_cifar_pairs_see_only_their_class_and_use_its_name(cifar_root, tmp_path,
     monkeypatch.setattr(cw, "d_step", recording_d_step)
     args = ["--dataset", "cifar10", "--data_root", cifar_root, *SMALL, "--out", str(tmp_path)]
     pairs = cw.main([*args, "--classes", "1,7", "--max_steps", "2"])
-    assert pairs[1][0].image_shape == (3, 16, 16)
+    assert pairs[1][0](torch.randn(2, 16)).shape == (2, 3, 16, 16)
     owner = {id(D): c for c, (G, D) in pairs.items()}
     assert len(seen) == 4 and all(found == {owner[id(D)]} for D, found in seen)
     assert {p.name for p in tmp_path.glob("class_*")} == {"class_1_car", "class_7_horse"}

@@ -103,7 +103,9 @@ def test_classifier_is_trained_once_then_loaded_and_retrained_for_other_data(tmp
 
     with monkeypatch.context() as m:
         m.setattr(evaluate, "train_classifier", no_training)
+        rng = torch.get_rng_state()
         again, _ = evaluate.load_classifier("mnist", str(tmp_path))
+        assert torch.equal(torch.get_rng_state(), rng)  # loading leaves the caller's RNG alone too
     out = capsys.readouterr().out
     assert "loaded" in out and f"held-out accuracy {info['accuracy']:.4f}" in out
     for a, b in zip(net.state_dict().values(), again.state_dict().values()):

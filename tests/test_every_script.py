@@ -49,6 +49,8 @@ def test_runs_when_copied_alone_with_common(name, mnist_root, tmp_path):
     assert (alone / "run" / "checkpoint.pt").is_file()
     made = list((alone / "run").rglob("generated*"))
     assert made, "--generate wrote nothing"
+    if name != "gan_gaussian":  # no evaluate.py beside it: it trains and says the figure is skipped
+        assert "no evaluate.py beside common.py: training without the quality figure" in r.stdout
     assert sorted(os.listdir(alone)) == sorted(["common.py", f"{name}.py", "run"])  # nothing else needed
 
 
@@ -80,3 +82,22 @@ def test_channels_last_trains_like_the_contiguous_layout(name, mnist_root, tmp_p
         for key, value in plain[net].items():
             if value.is_floating_point():
                 torch.testing.assert_close(last[net][key], value, rtol=1e-4, atol=1e-4, msg=f"{net}.{key}")
+
+
+@pytest.mark.parametrize("name", ["dcgan", "gan_mnist", "dcgan_classwise"])
+def test_quality_over_training_is_logged_each_epoch_and_plotted(name, mnist_root, tmp_path):
+    """The classifier FID of 1,000 fixed samples in log.csv at each epoch's end and at the last step."""
+    module = importlib.import_module(name)
+    batches = 120 // 8 if name != "dcgan_classwise" else 12 // 8  # 120 images; 12 per class
+    steps = 2 * batches + 1
+    module.main([*train_args(name, mnist_root), "--max_steps", str(steps), "--out", str(tmp_path)])
+    rows = common.read_log(tmp_path)
+    measured = [int(r["step"]) for r in rows if "fid" in r]
+    assert measured == [batches, 2 * batches, steps]
+    assert all(r["fid"] > 0 for r in rows if "fid" in r)
+    assert (tmp_path / "quality.png").is_file()
+    module.main(
+        [*train_args(name, mnist_root), "--max_steps", "2", "--no-quality", "--out", str(tmp_path / "n")]
+    )
+    assert not any("fid" in r for r in common.read_log(tmp_path / "n"))
+    assert not (tmp_path / "n" / "quality.png").exists()
