@@ -34,6 +34,10 @@ back in float32, so the losses are float32; --compile runs the steps through tor
 of G and D (checkpoints hold the plain modules); on CUDA, cudnn.benchmark and channels_last unless
 --deterministic.
 
+Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
+moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
+itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+
 Examples:
     python dcgan.py --data_root ./data --epochs 5                     # MNIST, 32 x 32
     python dcgan.py --dataset celeba --data_root ./data --hidden_dim 128 --out runs/dcgan_celeba
@@ -44,6 +48,7 @@ Examples:
 
 import argparse
 import math
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -226,21 +231,24 @@ def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
         G = build(args, run.channels, run.device)[0]
-        run.track(G=G)
+        run.track(G_ema=G)  # samples come from G's average
         return run.generate(lambda z: sample(G, z), args.zdim)
     data = common.make_batches(args, run.device)
     G, D, opt_g, opt_d = build(args, data.channels, run.device, run.memory_format)
     fixed_z = torch.randn(64, args.zdim, device=run.device)
-    run.track(G=G, D=D, opt_g=opt_g, opt_d=opt_d, fixed_z=fixed_z)
+    G_ema = common.average_of(G)  # what the grids, --generate and the quality figure sample
+    run.track(G=G, D=D, opt_g=opt_g, opt_d=opt_d, G_ema=G_ema, fixed_z=fixed_z)
     fast_G, fast_D = run.fast(G), run.fast(D)
     about = f"{args.dataset} at {args.image_size} px, {len(data)} batches of {data.batch} per epoch"
     total = args.epochs * len(data) // args.critic_repeats
-    run.start(data, total, grid=lambda: sample(G, fixed_z), about=about, sample=lambda z: sample(G, z))
+    draw = partial(sample, G_ema)
+    run.start(data, total, grid=lambda: draw(fixed_z), about=about, sample=draw)
     with run:
         while run.running():
             for _ in range(args.critic_repeats):
                 loss_d = discriminator_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
             loss_g = generator_step(fast_G, fast_D, opt_g, data.batch, args.zdim, run.device)
+            common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     title = f"{SCRIPT} ({args.arch}, {args.image_size} px)"
     run.finish([["loss_d", "loss_g"]], title=title)

@@ -33,6 +33,10 @@ Defaults, and where they come from (Algorithm 1 and section 4):
   channels_last unless --deterministic. train() wraps the networks once (common.Run.fast), so the
   step functions below are plain float32 maths.
 
+Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
+moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
+itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+
 Examples:
     python wgan.py --data_root ./data                         # MNIST at 32 x 32
     python wgan.py --warmup_critic --epochs 100               # as the authors' code schedules it
@@ -214,16 +218,17 @@ def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
         G = build(args, run.channels, run.device)[0]
-        run.track(G=G)
+        run.track(G_ema=G)  # samples come from G's average
         return run.generate(lambda z: sample(G, z), args.zdim)
     data = common.make_batches(args, run.device)
     G, critic, opt_g, opt_c = build(args, data.channels, run.device, run.memory_format)
     fixed_z = torch.randn(64, args.zdim, device=run.device)
-    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
+    G_ema = common.average_of(G)  # what the grids, --generate and the quality figure sample
+    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, G_ema=G_ema, fixed_z=fixed_z)
     # the steps call these wrappers; they share the parameters, so clipping fast_critic clips the critic
     fast_G, fast_critic = run.fast(G), run.fast(critic)
     total = generator_steps(args, len(data))
-    run.start(data, total, grid=lambda: sample(G, fixed_z), sample=lambda z: sample(G, z))
+    run.start(data, total, grid=lambda: sample(G_ema, fixed_z), sample=lambda z: sample(G_ema, z))
     with run:
         while run.running():
             n_critic = critic_updates(run.step, args)
@@ -232,6 +237,7 @@ def train(args):
                     fast_G, fast_critic, opt_c, run.real_batch(), args.zdim, args.clip
                 )
             loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
+            common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
     plots = [["loss_c", "loss_g"], ["wasserstein"]]
     run.finish(plots, title=f"{SCRIPT} (clip {args.clip})")

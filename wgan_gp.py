@@ -29,6 +29,10 @@ Defaults, and where they come from:
   (torch.compile does not support the double backward of the penalty); on CUDA, cudnn.benchmark
   and channels_last unless --deterministic.
 
+Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
+moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
+itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+
 Examples:
     python wgan_gp.py --data_root ./data                      # MNIST at 32 x 32
     python wgan_gp.py --epochs 100 --zdim 64 --lr 0.0002 --batch 128 --hidden_dim 64 \\
@@ -202,16 +206,17 @@ def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:
         G = build(args, run.channels, run.device)[0]
-        run.track(G=G)
+        run.track(G_ema=G)  # samples come from G's average
         return run.generate(lambda z: sample(G, z), args.zdim)
     data = common.make_batches(args, run.device)
     G, critic, opt_g, opt_c = build(args, data.channels, run.device, run.memory_format)
     fixed_z = torch.randn(64, args.zdim, device=run.device)
-    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, fixed_z=fixed_z)
+    G_ema = common.average_of(G)  # what the grids, --generate and the quality figure sample
+    run.track(G=G, D=critic, opt_g=opt_g, opt_d=opt_c, G_ema=G_ema, fixed_z=fixed_z)
     # the critic is never compiled: torch.compile does not run the penalty's double backward
     fast_G, fast_critic = run.fast(G), run.fast(critic, compile=False)
     total = args.epochs * len(data) // args.critic_repeats
-    run.start(data, total, grid=lambda: sample(G, fixed_z), sample=lambda z: sample(G, z))
+    run.start(data, total, grid=lambda: sample(G_ema, fixed_z), sample=lambda z: sample(G_ema, z))
     with run:
         while run.running():
             for _ in range(args.critic_repeats):
@@ -219,6 +224,7 @@ def train(args):
                     fast_G, fast_critic, opt_c, run.real_batch(), args.zdim, args.c_lambda
                 )
             loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
+            common.ema_update(G_ema, G, args.ema, run.step)
             losses = dict(loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein, penalty=penalty)
             run.step_done(data.batch * args.critic_repeats, **losses)
     plots = [["loss_c", "loss_g"], ["wasserstein"], ["penalty"]]

@@ -183,7 +183,7 @@ def instrumented(module, device, warmup, steps, baseline, data_root, workers, pr
 
 
 def script_flags(module):
-    """The options of ISSUE 6 this script's parser knows (--amp, --compile)."""
+    """The speed options this script's parser knows (--amp, --compile)."""
     text = io.StringIO()
     with contextlib.redirect_stdout(text), contextlib.suppress(SystemExit):
         module.main(["--help"])
@@ -213,6 +213,7 @@ def run_once(name, module, opts, flags, extra, baseline, tmp):
 
 def script_args(name, opts):
     extra = ["--classes", "0"] if name == "dcgan_classwise" else []
+    extra += ["--no-quality"]  # the epoch-end quality figure is not a training step
     for flag in ("batch", "hidden_dim", "log_every"):
         if getattr(opts, flag) is not None:
             extra += [f"--{flag}", str(getattr(opts, flag))]
@@ -224,9 +225,12 @@ def benchmark(opts, tmp):
     for name in opts.scripts:
         module = importlib.import_module(name)
         extra = script_args(name, opts)
-        known = script_flags(module) if opts.options else set()
-        variants = [("fast", (), False), ("DataLoader + .item()", (), True)]
-        variants += [("fast " + " ".join(o), o, False) for o in OPTIONS if set(o) <= known]
+        known = script_flags(module)
+        fp32 = ("--no-amp",) if "--amp" in known else ()  # --amp is on by default where bf16 is native
+        variants = [("fast", fp32, False), ("DataLoader + .item()", fp32, True)]
+        if opts.options:
+            options = [o if "--amp" in o else (*fp32, *o) for o in OPTIONS if set(o) <= known]
+            variants += [("fast " + " ".join(o), o, False) for o in options]
         results = {v[0]: [] for v in variants}
         for _ in range(opts.repeats):  # interleaved, so a noisy neighbour hits every variant alike
             for label, flags, baseline in variants:

@@ -38,6 +38,17 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def float32_unless_asked(monkeypatch):
+    """--amp defaults to on where bfloat16 is native (this CPU or not): in-process tests run float32
+    unless they pass --amp, so they mean the same on every CPU. (native_bf16 is tested on its own.)"""
+    import common
+
+    real = common.native_bf16
+    monkeypatch.setattr(common, "native_bf16", lambda device, cpu_flags=None: False)
+    return real  # for the test of native_bf16 itself
+
+
+@pytest.fixture(autouse=True)
 def quiet_cwd(tmp_path, monkeypatch):
     """Each test runs in its own folder, so default outputs (runs/, data/) never land in the repo."""
     monkeypatch.chdir(tmp_path)

@@ -177,6 +177,19 @@ def test_device_choice(monkeypatch):
         common.pick_device("tpu9")
 
 
+def test_amp_defaults_to_on_where_bfloat16_is_native(monkeypatch, float32_unless_asked):
+    real = float32_unless_asked  # the real native_bf16 (conftest makes the others run float32)
+    assert real(CPU, cpu_flags="flags : fpu sse avx2 avx512f avx512_bf16 amx_tile") is True
+    assert real(CPU, cpu_flags="flags : fpu sse amx_bf16 amx_tile") is True
+    assert real(CPU, cpu_flags="flags : fpu sse avx2 avx512f") is False
+    assert real(torch.device("mps"), cpu_flags="avx512_bf16") is False
+    monkeypatch.setattr(common, "native_bf16", lambda device, cpu_flags=None: True)
+    assert common.amp_dtype(CPU, amp=None) is torch.bfloat16  # not given: the native default
+    assert common.amp_dtype(CPU, amp=False) is None  # --no-amp wins
+    monkeypatch.setattr(common, "native_bf16", lambda device, cpu_flags=None: False)
+    assert common.amp_dtype(CPU, amp=None) is None
+
+
 def test_amp_is_bfloat16_and_stops_on_a_gpu_without_it():
     assert common.amp_dtype(CPU, amp=False) is None
     assert common.amp_dtype(CPU, amp=True) is torch.bfloat16
@@ -282,3 +295,21 @@ def test_grid_gif_and_pngs(tmp_path):
     assert files == [f"{i:06d}.png" for i in range(6)]
     with Image.open(tmp_path / "gen" / files[0]) as im:
         assert im.size == (28, 28)
+
+
+def test_ema_update_is_a_warmed_up_moving_average_and_copies_batchnorm_statistics():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    average = common.average_of(net)
+    assert not any(p.requires_grad for p in average.parameters())
+    start = average[0].weight.clone()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+        net[1].running_mean.fill_(3.0)
+    common.ema_update(average, net, decay=0.999, step=0)  # warm-up: d = 1/10, not 0.999
+    torch.testing.assert_close(average[0].weight, 0.1 * start + 0.9 * net[0].weight)
+    assert torch.equal(average[1].running_mean, net[1].running_mean)
+    before = average[0].weight.clone()
+    common.ema_update(average, net, decay=0.5, step=10_000)  # late: the decay itself
+    torch.testing.assert_close(average[0].weight, 0.5 * before + 0.5 * net[0].weight)
+    common.ema_update(average, net, decay=0.0, step=5)  # 0: the average is the network
+    torch.testing.assert_close(average[0].weight, net[0].weight, rtol=0, atol=0)

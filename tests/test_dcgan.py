@@ -11,6 +11,7 @@ import torch.nn as nn
 from conftest import ROOT, run_script
 from PIL import Image
 
+import common
 import dcgan
 
 SMALL = ["--hidden_dim", "8", "--batch", "16", "--zdim", "16", "--device", "cpu"]
@@ -259,3 +260,20 @@ def test_ctrl_c_saves_checkpoint_and_plots(mnist_root, tmp_path):
     assert "Ctrl-C" in stdout and "Traceback" not in stderr
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] >= 1
     assert (out / "losses.png").is_file() and (out / "progress.gif").is_file()
+
+
+def test_samples_come_from_the_average_of_g_and_both_are_saved(mnist_root, tmp_path):
+    out = tmp_path / "r"
+    base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(out)]
+    G, _ = dcgan.main([*base, "--max_steps", "3", "--ema", "0.5"])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in ckpt["G"].items())  # the trained G
+    average = dcgan.Generator(16, 8, 16, 1)
+    average.load_state_dict(ckpt["G_ema"])
+    assert not all(torch.equal(v, ckpt["G"][k]) for k, v in ckpt["G_ema"].items())
+    dcgan.main(["--resume", str(out / "checkpoint.pt"), "--generate", "4", "--device", "cpu"])
+    z = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    common.save_pngs(dcgan.sample(average, z), tmp_path / "expected")
+    for i in range(4):
+        name = f"{i:06d}.png"
+        assert (out / "generated" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()

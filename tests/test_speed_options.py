@@ -29,7 +29,7 @@ def image_args(name):
 def test_speed_flags_are_off_by_default_and_can_be_turned_on(name):
     parser = importlib.import_module(name).build_parser()
     args = parser.parse_args([])
-    assert (args.amp, args.compile, args.deterministic) == (False, False, False)
+    assert (args.amp, args.compile, args.deterministic) == (None, False, False)  # amp None: where native
     args = parser.parse_args(["--amp", "--compile", "--deterministic"])
     assert (args.amp, args.compile, args.deterministic) == (True, True, True)
     assert parser.parse_args(["--amp", "--no-amp"]).amp is False  # a resumed --amp run can drop it
