@@ -91,6 +91,7 @@ def add_common_flags(
     epochs=25,
     datasets=IMAGE_DATASETS,
     lr_source="the paper's",
+    ema=True,
 ):
     """The flags CONVENTIONS.md promises on every image script, with this model's defaults."""
     parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
@@ -150,13 +151,14 @@ def add_common_flags(
         default=50,
         help="log.csv row and progress every N steps (default 50)",
     )
-    p(
-        "--ema",
-        type=unit_interval,
-        default=0.999,
-        help="decay of the moving average of G's weights that samples, grids and --generate use "
-        "(Yazici et al. 2019; the trained G is kept and saved too); 0 samples from G itself (default 0.999)",
-    )
+    if ema:  # dcgan_classwise samples from each pair's G itself
+        p(
+            "--ema",
+            type=unit_interval,
+            default=0.999,
+            help="decay of the moving average of G's weights that samples, grids and --generate use "
+            "(Yazici et al. 2019; the trained G is kept and saved too); 0: G itself (default 0.999)",
+        )
     p(
         "--quality",
         action=argparse.BooleanOptionalAction,

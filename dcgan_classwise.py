@@ -62,9 +62,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    common.add_common_flags(
-        parser, "dcgan_classwise", lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1, datasets=LABELLED
-    )
+    dcgan = dict(lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1)  # DCGAN's defaults
+    common.add_common_flags(parser, "dcgan_classwise", **dcgan, datasets=LABELLED, ema=False)
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")
