@@ -93,7 +93,8 @@ def test_quality_over_training_is_logged_each_epoch_and_plotted(name, mnist_root
     module.main([*train_args(name, mnist_root), "--max_steps", str(steps), "--out", str(tmp_path)])
     rows = common.read_log(tmp_path)
     measured = [int(r["step"]) for r in rows if "fid" in r]
-    assert measured == [batches, 2 * batches, steps]
+    # the first epoch's end and the last step; between them epoch ends, as the ~3% budget allows
+    assert measured[0] == batches and measured[-1] == steps and set(measured) <= {batches, 2 * batches, steps}
     assert all(r["fid"] > 0 for r in rows if "fid" in r)
     assert (tmp_path / "quality.png").is_file()
     module.main(
