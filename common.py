@@ -892,9 +892,12 @@ class Run:
         if self.ckpt is None:
             return
         for name, thing in things.items():
-            if name not in self.ckpt:
-                fail(f"--resume {self.args.resume}: no {name!r} in it (made by an older {self.script}?)")
-            saved = self.ckpt[name]
+            key = name
+            if key not in self.ckpt and key.endswith("_ema") and key[:-4] in self.ckpt:
+                key = key[:-4]  # a checkpoint from before the average: it starts from the network
+            if key not in self.ckpt:
+                fail(f"--resume {self.args.resume}: no {key!r} in it (made by an older {self.script}?)")
+            saved = self.ckpt[key]
             if isinstance(thing, torch.nn.Module):
                 thing.load_state_dict(saved)
             elif isinstance(thing, torch.optim.Optimizer):

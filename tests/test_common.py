@@ -313,3 +313,16 @@ def test_ema_update_is_a_warmed_up_moving_average_and_copies_batchnorm_statistic
     torch.testing.assert_close(average[0].weight, 0.5 * before + 0.5 * net[0].weight)
     common.ema_update(average, net, decay=0.0, step=5)  # 0: the average is the network
     torch.testing.assert_close(average[0].weight, net[0].weight, rtol=0, atol=0)
+
+
+def test_an_average_missing_from_an_older_checkpoint_starts_from_the_network(tmp_path):
+    net = torch.nn.Linear(3, 2)
+    run = common.Run(run_args(tmp_path), "x.py", ())
+    run.track(G=net)
+    run.save()
+    resumed = common.Run(run_args(tmp_path, resume=str(tmp_path / "checkpoint.pt")), "x.py", ())
+    average = torch.nn.Linear(3, 2)
+    resumed.track(G_ema=average)
+    assert torch.equal(average.weight, net.weight)
+    with pytest.raises(SystemExit, match="no 'D' in it"):
+        resumed.track(D=torch.nn.Linear(3, 2))
