@@ -509,6 +509,24 @@ def list_images(folder):
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
+class BatchReader:
+    """Real batches one after another across epochs. After `done` batches the next one is batch
+    done % len(data) of epoch done // len(data), so a resumed run reads on exactly where it stopped;
+    an epoch's end starts the next epoch, reshuffled. Batches come in `memory_format`."""
+
+    def __init__(self, data, done=0, memory_format=torch.contiguous_format):
+        self.data, self.done, self.memory_format, self.loader = data, done, memory_format, None
+
+    def next(self):
+        real = next(self.loader, None) if self.loader else None
+        if real is None:
+            n = len(self.data)
+            self.loader = self.data.batches(self.done // n, self.done % n)
+            real = next(self.loader)
+        self.done += 1
+        return real.contiguous(memory_format=self.memory_format)
+
+
 class ImageFiles(torch.utils.data.Dataset):
     """Every image under a folder, nested or flat: resized (short side) and center-cropped to size."""
 
@@ -874,7 +892,7 @@ class Run:
         self.things = {}
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
-        self.data, self.loader, self.log, self._stop = None, None, None, None
+        self.data, self.log, self._stop = None, None, None
 
     @property
     def channels(self):
@@ -961,6 +979,7 @@ class Run:
         then at each epoch's end once 32 times the last measurement's cost has passed (so under ~3%
         of the run: every epoch on full data sets, every few on small ones), and at the last step."""
         self.data, self.grid, self.log_extra, self.sample = data, grid, log_extra, sample
+        self.reader = BatchReader(data, self.batches_done, self.memory_format)
         self.quality = self._quality_meter(sample, classes) if sample else None
         self.quality_due = 0.0
         args = self.args
@@ -993,13 +1012,9 @@ class Run:
 
     def real_batch(self):
         """The next real batch (in the training memory format); an epoch's end starts the next, reshuffled."""
-        real = next(self.loader, None) if self.loader else None
-        if real is None:
-            n = len(self.data)
-            self.loader = self.data.batches(self.batches_done // n, self.batches_done % n)
-            real = next(self.loader)
-        self.batches_done += 1
-        return real.contiguous(memory_format=self.memory_format)
+        real = self.reader.next()
+        self.batches_done = self.reader.done
+        return real
 
     def step_done(self, images, **losses):
         """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint."""

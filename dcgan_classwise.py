@@ -202,8 +202,8 @@ class Pair:
         self.fixed_z = self.z(64)
         if images is not None:  # training, not --generate
             self.data = common.TensorBatches(images, args.batch, run.device, args.seed)
-            self.memory_format, self.loader = run.memory_format, None
-            self.batches_done = run.batches_done  # the pairs draw in step, as many as the run counts
+            # the pairs draw in step: each has drawn as many batches as the run counts
+            self.reader = common.BatchReader(self.data, run.batches_done, run.memory_format)
 
     def things(self):
         """What the run's checkpoint holds of this pair, each name ending in its class."""
@@ -212,16 +212,6 @@ class Pair:
 
     def z(self, n):
         return torch.randn(n, self.zdim, generator=self.noise).to(self.device)
-
-    def real_batch(self):
-        """The next batch of this class; at the end of a pass, the next pass in its own order."""
-        real = next(self.loader, None) if self.loader else None
-        if real is None:
-            n = len(self.data)
-            self.loader = self.data.batches(self.batches_done // n, self.batches_done % n)
-            real = next(self.loader)
-        self.batches_done += 1
-        return real.contiguous(memory_format=self.memory_format)
 
 
 @torch.no_grad()
@@ -262,7 +252,7 @@ def train(args):
             losses = {}
             for p in pairs:  # each pair reads only its own class, networks and noise
                 for _ in range(args.critic_repeats):
-                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, p.real_batch(), p.z(p.data.batch))
+                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, p.reader.next(), p.z(p.data.batch))
                 loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch))
                 losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew

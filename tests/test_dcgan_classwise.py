@@ -78,12 +78,12 @@ def test_training_one_pair_leaves_the_others_unchanged(mnist_root):
     before = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     noise_before = four.noise.get_state()
     for _ in range(3):
-        cw.d_step(one.G, one.D, one.opt_d, one.real_batch(), one.z(one.data.batch))
+        cw.d_step(one.G, one.D, one.opt_d, one.reader.next(), one.z(one.data.batch))
         cw.g_step(one.G, one.D, one.opt_g, one.z(one.data.batch))
     after = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     assert not same(before[1], after[1])  # the trained pair did change
     assert same(before[4], after[4]) and torch.equal(noise_before, four.noise.get_state())
-    assert four.batches_done == 0 and one.batches_done == 3
+    assert four.reader.done == 0 and one.reader.done == 3
 
 
 def test_a_pair_trains_the_same_alone_or_beside_others(mnist_root, tmp_path):
