@@ -12,18 +12,23 @@ Nothing here trains anything: every model file keeps its own networks, losses an
 - speed: --amp, --compile and --deterministic, cudnn and channels_last on CUDA (setup_backends);
 - `Run`: the plumbing of one training run (device and seed, checkpoint check, restore and save,
   the log, Ctrl-C, per-epoch grids, --generate, the closing plots), so that a model file's
-  train() shows its algorithm and nothing else. The model hands it what it owns, by name.
+  train() shows its algorithm and nothing else. The model hands it what it owns, by name;
+- more than one process: under torchrun, `Run` joins the process group, wraps the networks in
+  DistributedDataParallel, gives each process its share of the data and of the noise, and lets
+  only rank 0 write.
 """
 
 import argparse
 import csv
 import importlib.util
+import inspect
 import math
 import os
 import pickle
 import random
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -99,7 +104,13 @@ def add_common_flags(
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
     p("--zdim", type=positive_int, default=zdim, help=f"latent size (default {zdim})")
     p("--lr", type=positive_float, default=lr, help=f"learning rate (default {lr}, {lr_source})")
-    p("--batch", type=positive_int, default=batch, help=f"batch size (default {batch})")
+    p(
+        "--batch",
+        type=positive_int,
+        default=batch,
+        help=f"batch size per process (default {batch}); under torchrun N processes train on N x batch "
+        "images per step, at the same --lr",
+    )
     p("--hidden_dim", type=positive_int, default=hidden_dim, help=f"base width (default {hidden_dim})")
     p(
         "--critic_repeats",
@@ -201,6 +212,14 @@ def add_speed_flags(parser, compile_help=None):
         help="on CUDA: torch.use_deterministic_algorithms and no cudnn.benchmark, so a --seed repeats "
         "the run; without it CUDA picks the fastest kernels. CPU runs repeat with the same --seed either "
         "way (default off)",
+    )
+    p(
+        "--sync_bn",
+        action=on_off,
+        default=False,
+        help="under torchrun on GPUs: BatchNorm normalizes over the whole global batch (SyncBatchNorm, "
+        "one all-reduce per BatchNorm layer and pass). Default off: each process normalizes its own "
+        "batch, as one process with --batch does",
     )
 
 
@@ -379,31 +398,89 @@ def load_checkpoint_file(path):
 
 
 class StopRequest:
-    """Ctrl-C sets a flag that the loop reads between steps, so the checkpoint is at a step boundary.
+    """Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop reads between steps, so the checkpoint
+    is at a step boundary. A second one interrupts at once. Under torchrun the agent passes the
+    signal on to every process (and kills them 30 s later); Run agrees on the stop across them."""
 
-    A second Ctrl-C interrupts at once."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, verbose=True):
+        self.requested, self.verbose = False, verbose
 
     def __enter__(self):
-        self._previous = signal.getsignal(signal.SIGINT)
+        self._previous = {}
         try:
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         except ValueError:  # not the main thread (e.g. some test runners): Ctrl-C behaves as usual
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nCtrl-C: finishing this step, saving a checkpoint and the plots (again to abort)", flush=True)
+        if self.verbose:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: finishing this step, saving a checkpoint and the plots (again to abort)")
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
         return False
+
+
+# ---------------------------------------------------------------------------------------------
+# More than one process: torchrun and DistributedDataParallel
+# ---------------------------------------------------------------------------------------------
+
+# A collective that waits longer than this (a process died, or hangs) stops the run with an error
+PROCESS_GROUP_TIMEOUT = timedelta(minutes=5)
+
+
+def process_share():
+    """(rank, number of processes): (0, 1) for a plain run, the process group's under torchrun."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def start_processes(device):
+    """Under torchrun (WORLD_SIZE > 1 in the environment), join the process group: NCCL on CUDA,
+    one GPU per process (cuda:LOCAL_RANK), gloo on CPU. Returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.distributed.is_initialized():
+        return device
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            fail(f"torchrun started local rank {local}; this machine has {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    elif device.type != "cpu":
+        fail(f"--device {device}: torchrun trains on CUDA GPUs (NCCL) or the CPU (gloo), not {device.type}")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    return device
+
+
+def distributed(net, device, sync_bn=False):
+    """net in DistributedDataParallel: its gradients are averaged over the processes in backward.
+
+    No sync of buffers at each forward (forward_sync_buffers, formerly broadcast_buffers, False):
+    it would overwrite the BatchNorm statistics that D's real-batch pass saved for its backward (D
+    runs twice before one backward); Run averages the buffers over the processes after each step.
+    sync_bn: BatchNorm normalizes with the statistics of the whole global batch (CUDA only)."""
+    if sync_bn:
+        if device.type != "cuda":
+            fail("--sync_bn: PyTorch's SyncBatchNorm runs on CUDA GPUs only; on the CPU leave it out")
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)  # in place for BatchNorm children
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if "forward_sync_buffers" in inspect.signature(ddp).parameters:  # what newer torch calls it
+        return ddp(net, device_ids=ids, forward_sync_buffers=False)
+    return ddp(net, device_ids=ids, broadcast_buffers=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,16 +560,22 @@ class TensorBatches:
 
     The order of epoch e depends only on (seed, e), so a run resumed mid-epoch sees the same
     batches as one that never stopped. A partial last batch is dropped (BatchNorm wants full
-    batches), unless the data set is smaller than one batch."""
+    batches), unless the data set is smaller than one batch.
+
+    Under torchrun every process draws the same order and takes its own `batch` images of each
+    global batch of processes x batch: batch i of process r is images order[(i P + r) b : (i P + r + 1) b],
+    so an epoch is still one pass over the data, and P processes with batch b see exactly the
+    images of one process with batch P b."""
 
     def __init__(self, images, batch, device, seed=0):
+        self.rank, self.processes = process_share()
         self.images = images.to(device)
-        self.batch = min(batch, len(images))
+        self.batch = max(1, min(batch, len(images) // self.processes))
         self.seed = seed
         self.channels = images.shape[1]
 
     def __len__(self):
-        return len(self.images) // self.batch
+        return len(self.images) // (self.batch * self.processes)
 
     def batches(self, epoch, start=0):
         order = torch.randperm(
@@ -500,7 +583,8 @@ class TensorBatches:
         )
         order = order.to(self.images.device)
         for i in range(start, len(self)):
-            idx = order[i * self.batch : (i + 1) * self.batch]
+            first = (i * self.processes + self.rank) * self.batch
+            idx = order[first : first + self.batch]
             yield self.images[idx].float().div_(127.5).sub_(1.0)
 
 
@@ -556,7 +640,8 @@ class ImageFiles(torch.utils.data.Dataset):
 class FolderBatches:
     """Large image folders (CelebA, your own data) through a DataLoader with workers.
 
-    Same interface and same resumable order as TensorBatches; decoding happens in the workers."""
+    Same interface, same resumable order and same share per process as TensorBatches; decoding
+    happens in the workers."""
 
     def __init__(self, files, image_size, batch, device, seed=0, workers=None):
         from PIL import Image
@@ -564,19 +649,21 @@ class FolderBatches:
         with Image.open(files[0]) as im:
             self.channels = 1 if im.mode in ("L", "LA", "I", "I;16", "1") else 3
         self.dataset = ImageFiles(files, image_size, self.channels)
-        self.batch = min(batch, len(files))
+        self.rank, self.processes = process_share()
+        self.batch = max(1, min(batch, len(files) // self.processes))
         self.device = device
         self.seed = seed
         self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
 
     def __len__(self):
-        return len(self.dataset) // self.batch
+        return len(self.dataset) // (self.batch * self.processes)
 
     def batches(self, epoch, start=0):
         order = torch.randperm(
             len(self.dataset), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         )
-        order = order[start * self.batch : len(self) * self.batch].tolist()
+        shares = order[: len(self) * self.batch * self.processes].view(len(self), self.processes, self.batch)
+        order = shares[start:, self.rank].flatten().tolist()  # this process's share of batches start...
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch,
@@ -633,8 +720,10 @@ class RunLog:
     Each row goes to log.csv (step, epoch, mean losses, images/s, elapsed seconds); a progress line
     goes to the console at most every `print_seconds`. A non-finite loss stops training with its step."""
 
-    def __init__(self, out, total_steps, every, start_step=0, resume_elapsed=0.0, print_seconds=5.0):
-        self.path = Path(out) / "log.csv"
+    def __init__(
+        self, out, total_steps, every, start_step=0, resume_elapsed=0.0, print_seconds=5.0, quiet=False
+    ):
+        self.path, self.quiet = Path(out) / "log.csv", quiet  # quiet: checks the losses, writes nothing
         self.total, self.every, self.print_seconds = total_steps, every, print_seconds
         self.first_step = start_step
         self.sums, self.count, self.images = {}, 0, 0
@@ -673,8 +762,11 @@ class RunLog:
             "images_per_s": rate,
             "elapsed_s": self.elapsed(),
         }
-        self._write(row)
+        if not self.quiet:
+            self._write(row)
         self.sums, self.count, self.images, self.mark = {}, 0, 0, now
+        if self.quiet:
+            return row
         if force or step == self.total or now - self.last_print >= self.print_seconds:
             self.last_print = now
             left = (self.total - step) * (self.elapsed() - self.elapsed0) / max(step - self.first_step, 1)
@@ -874,12 +966,25 @@ class Run:
     and for --generate: run.track(G=G), then run.generate(sample, zdim).
 
     Everything in a checkpoint is what the model tracked plus: script, args, step, batches_done,
-    epoch, elapsed, channels and the RNG state of the CPU and of the training device."""
+    epoch, elapsed, channels and the RNG state of the CPU and of the training device.
 
-    def __init__(self, args, script, shape_flags, conv=True, auto_device=None):
+    Under torchrun (one process per GPU, or several on a CPU) the same file runs in every process:
+    Run joins the process group, fast() wraps the networks in DistributedDataParallel (gradients
+    averaged over the processes), the data gives each process its own share of every global batch,
+    randn()/rand() give each its own share of one noise draw, BatchNorm statistics are averaged
+    after each step, the processes agree on a stop, and only rank 0 prints and writes. Every
+    process seeds alike, so all hold the same weights and the same random state: a checkpoint of
+    rank 0 is the whole run (and resumes in any number of processes)."""
+
+    def __init__(self, args, script, shape_flags, conv=True, auto_device=None, one_process=False):
         self.args, self.script = args, script
+        if one_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            fail(f"{script} trains in one process: run it with python, not torchrun")
         # auto_device: a model too small for a GPU says "cpu" here (gan_gaussian)
-        self.device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
+        device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
+        self.device = start_processes(device)
+        self.rank, self.processes = process_share()
+        self.main = self.rank == 0  # the process that prints and writes
         seed_everything(args.seed)
         self.out = Path(args.out)
         self.ckpt = None
@@ -892,12 +997,30 @@ class Run:
         self.things = {}
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
-        self.data, self.log, self._stop = None, None, None
+        self.data, self.log, self._stop, self._stop_step = None, None, None, None
 
     @property
     def channels(self):
         """Image channels of the checkpoint's networks (for --generate, which reads no data)."""
         return self.ckpt.get("channels") or self.ckpt["image_shape"][0]  # image_shape: older checkpoints
+
+    # -- noise -----------------------------------------------------------------------------------
+
+    def randn(self, n, *shape, generator=None):
+        """n standard normal draws of `shape` for this process (latent vectors z): every process
+        draws processes x n alike and takes its own n, so the processes' z differ and P processes
+        with batch n use the very z of one process with batch P n. One process: torch.randn(n, *shape).
+        generator: a CPU torch.Generator to draw from instead of the global one."""
+        if generator is None:
+            z = torch.randn(self.processes * n, *shape, device=self.device)
+        else:
+            z = torch.randn(self.processes * n, *shape, generator=generator).to(self.device)
+        return z[self.rank * n : (self.rank + 1) * n]
+
+    def rand(self, n, *shape):
+        """n uniform [0, 1) draws of `shape` for this process, shared out as randn() does."""
+        u = torch.rand(self.processes * n, *shape, device=self.device)
+        return u[self.rank * n : (self.rank + 1) * n]
 
     # -- what is saved ---------------------------------------------------------------------------
 
@@ -911,8 +1034,8 @@ class Run:
             return
         for name, thing in things.items():
             key = name
-            if key not in self.ckpt and key.endswith("_ema") and key[:-4] in self.ckpt:
-                key = key[:-4]  # a checkpoint from before the average: it starts from the network
+            if key not in self.ckpt and "_ema" in key and key.replace("_ema", "") in self.ckpt:
+                key = key.replace("_ema", "")  # a checkpoint from before the average: start from the network
             if key not in self.ckpt:
                 fail(f"--resume {self.args.resume}: no {key!r} in it (made by an older {self.script}?)")
             saved = self.ckpt[key]
@@ -940,7 +1063,8 @@ class Run:
         return states
 
     def save(self):
-        """The checkpoint, atomically; refused (the last one kept) if a network holds NaN or inf."""
+        """The checkpoint, atomically; refused (the last one kept) if a network holds NaN or inf.
+        Under torchrun every process checks that all hold the same weights, and rank 0 writes."""
         states = self._states()
         for name, thing in self.things.items():
             if isinstance(thing, torch.nn.Module):
@@ -950,6 +1074,10 @@ class Run:
                         f"{name} has NaN or infinite weights at step {self.step}; stopped "
                         f"(the last checkpoint is left as it was)"
                     )
+        if self.processes > 1:
+            self._check_same_weights(states)
+        if not self.main:
+            return
         made = {"script": self.script, "args": vars(self.args), "step": self.step}
         made.update(batches_done=self.batches_done, epoch=self.epoch(), rng=rng_state(self.device))
         made.update(
@@ -957,13 +1085,46 @@ class Run:
         )
         save_checkpoint(self.out / "checkpoint.pt", {**states, **made})
 
+    def _check_same_weights(self, states):
+        """Every process must hold the same weights: compare a sum of each tensor across them."""
+        tensors = [
+            t for name, thing in self.things.items() if isinstance(thing, torch.nn.Module)
+            for t in states[name].values() if t.is_floating_point()
+        ]  # fmt: skip
+        if not tensors:
+            return
+        sums = torch.stack([t.double().sum() for t in tensors])
+        low, high = sums.clone(), sums.clone()
+        torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            fail(f"the {self.processes} processes hold different weights at step {self.step}; stopped")
+
+    def _average_buffers(self):
+        """BatchNorm's running statistics (and any float buffer) averaged over the processes after
+        each step, so that every process samples alike; spectral norm's u, v are equal already."""
+        buffers = [
+            b for thing in self.things.values() if isinstance(thing, torch.nn.Module)
+            for b in thing.buffers() if b.is_floating_point()
+        ]  # fmt: skip
+        if not buffers:
+            return
+        flat = torch.cat([b.flatten() for b in buffers])
+        torch.distributed.all_reduce(flat)
+        flat /= self.processes
+        for b, mean in zip(buffers, flat.split([b.numel() for b in buffers])):
+            b.copy_(mean.view_as(b))
+
     # -- speed -----------------------------------------------------------------------------------
 
     def fast(self, net, compile=True):
         """The network the training steps call: compiled with --compile (unless compile=False),
-        under autocast with --amp. It shares the network's parameters; checkpoints use the network."""
+        in DistributedDataParallel under torchrun, under autocast with --amp. It shares the
+        network's parameters; checkpoints hold the network itself."""
         if compile and getattr(self.args, "compile", False):
             net = torch.compile(net)
+        if self.processes > 1:
+            net = distributed(net, self.device, getattr(self.args, "sync_bn", False))
         return Autocast(net, self.device.type, self.amp) if self.amp else net
 
     # -- the loop --------------------------------------------------------------------------------
@@ -980,35 +1141,50 @@ class Run:
         of the run: every epoch on full data sets, every few on small ones), and at the last step."""
         self.data, self.grid, self.log_extra, self.sample = data, grid, log_extra, sample
         self.reader = BatchReader(data, self.batches_done, self.memory_format)
-        self.quality = self._quality_meter(sample, classes) if sample else None
+        self.quality = self._quality_meter(sample, classes) if sample and self.main else None
         self.quality_due = 0.0
         args = self.args
         self.total = min(total, args.max_steps) if args.max_steps else total
         if self.ckpt:
             set_rng_state(self.ckpt["rng"], self.device)
-            truncate_log(self.out, self.step)
-            print(f"resumed from {args.resume} at step {self.step}")
-        self.out.mkdir(parents=True, exist_ok=True)
+            if self.main:
+                truncate_log(self.out, self.step)
+                print(f"resumed from {args.resume} at step {self.step}")
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
         elapsed = self.ckpt["elapsed"] if self.ckpt else 0.0
-        self.log = RunLog(self.out, self.total, args.log_every, self.step, elapsed)
+        self.log = RunLog(self.out, self.total, args.log_every, self.step, elapsed, quiet=not self.main)
         self.last_epoch, self.grid_at, self.grid_folders = self.epoch(), self.step, {self.out}
         about = about or f"{args.dataset}, {len(data)} batches of {data.batch} per epoch"
         amp = " (bfloat16 autocast; --no-amp for float32)" if self.amp else ""
-        print(f"{self.script}: {about}, {self.total} steps on {self.device}{amp}", flush=True)
+        where = f"{self.device}, {self.processes} processes" if self.processes > 1 else f"{self.device}"
+        if self.main:
+            print(f"{self.script}: {about}, {self.total} steps on {where}{amp}", flush=True)
 
     def epoch(self):
         return self.batches_done // len(self.data) if self.data else 0
 
     def __enter__(self):
-        self._stop = StopRequest().__enter__()
+        self._stop = StopRequest(verbose=self.main).__enter__()
         return self
 
     def __exit__(self, *exc):
         return self._stop.__exit__(*exc)
 
     def running(self):
-        """True while there are steps left and nobody pressed Ctrl-C."""
-        return self.step < self.total and not (self._stop and self._stop.requested)
+        """True while there are steps left and nobody pressed Ctrl-C (or sent SIGTERM)."""
+        return self.step < self.total and not self._stopping()
+
+    def _stopping(self):
+        """Ctrl-C seen here, or under torchrun in any process: all stop after the same step."""
+        stop = bool(self._stop and self._stop.requested)
+        if self.processes == 1:
+            return stop
+        if self._stop_step != self.step:  # one agreement per step
+            flag = torch.tensor([float(stop)], device=self.device)
+            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+            self._stop_step, self._stop_agreed = self.step, bool(flag.item())
+        return self._stop_agreed
 
     def real_batch(self):
         """The next real batch (in the training memory format); an epoch's end starts the next, reshuffled."""
@@ -1019,7 +1195,9 @@ class Run:
     def step_done(self, images, **losses):
         """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint."""
         self.step += 1
-        self.log.add(images, **losses)
+        if self.processes > 1:
+            self._average_buffers()
+        self.log.add(images * self.processes, **losses)  # images/s of all processes; rank 0's losses
         epoch, every = self.epoch(), getattr(self.args, "sample_every", None)
         new_epoch, last = epoch > self.last_epoch, not self.running()
         saving = new_epoch or (every and self.step % every == 0)
@@ -1033,7 +1211,7 @@ class Run:
 
     def _save_grids(self, name):
         """grid() gives the images of OUT/samples/NAME.png, or {subfolder: images} for several grids."""
-        if not self.grid:
+        if not self.grid or not self.main:
             return
         images = self.grid()
         for sub, x in images.items() if isinstance(images, dict) else [("", images)]:
@@ -1087,6 +1265,9 @@ class Run:
         """The last log row and checkpoint, the last grid, progress.gif, losses.png, interpolation.png."""
         self._log_row(force=True)
         self.save()
+        stopped = self._stopping()
+        if not self.main:
+            return self.end()
         if self.grid_at != self.step:
             self._save_grids(f"step_{self.step:06d}")
         for folder in self.grid_folders:
@@ -1102,16 +1283,25 @@ class Run:
             ends = torch.randn(2, 8, self.args.zdim, generator=noise).to(self.device)
             images = self.sample(interpolation_latents(ends[0], ends[1], 10))
             save_grid(images, self.out / "interpolation.png", nrow=10)
-        stopped = self._stop is not None and self._stop.requested
         print(f"{'stopped' if stopped else 'done'} at step {self.step}; outputs in {self.out}")
+        self.end()
+
+    def end(self):
+        """Under torchrun: wait for every process (rank 0 writes last), then leave the process group."""
+        if self.processes > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     # -- --generate ------------------------------------------------------------------------------
 
     def generate(self, sample, zdim, folder=None, seed=None, chunk=500):
         """--generate N: N images from the tracked G as PNGs, written `chunk` at a time."""
         n, folder = self.args.generate, Path(folder or self.out / "generated")
+        if not self.main:  # under torchrun, rank 0 writes them all
+            return self.end()
         noise = torch.Generator().manual_seed(self.args.seed if seed is None else seed)
         for start in range(0, n, chunk):
             z = torch.randn(min(chunk, n - start), zdim, generator=noise)
             save_pngs(sample(z.to(self.device)), folder, start)
         print(f"wrote {n} images to {folder}")
+        self.end()

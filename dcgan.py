@@ -183,10 +183,10 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def discriminator_step(G, D, opt_d, real, zdim):
+def discriminator_step(G, D, opt_d, real, z):
     """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
     with torch.no_grad():
-        fake = G(torch.randn(len(real), zdim, device=real.device))
+        fake = G(z)
     loss = discriminator_loss(D(real), D(fake))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
@@ -194,10 +194,10 @@ def discriminator_step(G, D, opt_d, real, zdim):
     return loss
 
 
-def generator_step(G, D, opt_g, batch, zdim, device):
+def generator_step(G, D, opt_g, z):
     """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
     D.requires_grad_(False)
-    loss = generator_loss(D(G(torch.randn(batch, zdim, device=device))))
+    loss = generator_loss(D(G(z)))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -245,9 +245,10 @@ def train(args):
     run.start(data, total, grid=lambda: draw(fixed_z), about=about, sample=draw)
     with run:
         while run.running():
-            for _ in range(args.critic_repeats):
-                loss_d = discriminator_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
-            loss_g = generator_step(fast_G, fast_D, opt_g, data.batch, args.zdim, run.device)
+            for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
+                real = run.real_batch()
+                loss_d = discriminator_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim))
+            loss_g = generator_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim))
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     title = f"{SCRIPT} ({args.arch}, {args.image_size} px)"

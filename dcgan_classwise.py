@@ -22,10 +22,13 @@ A step updates every pair once (--critic_repeats D updates, then one G update). 
 pass of D over the largest chosen class's batches; a smaller class starts its next pass early.
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, batch 128, z of size 100, --hidden_dim 64, 32 x 32).
 Speed, same maths: --amp (bfloat16 autocast), --compile, on CUDA cudnn.benchmark and channels_last.
+Samples (grids, --generate, latent walks, the quality figure) come from an exponential moving
+average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), a departure from the
+paper that changes no training step (--ema 0: each G itself).
 
 Run folder:
     OUT/checkpoint.pt           the run, what --resume takes: flags, step, and for each class i
-                                G_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (its CPU generator)
+                                G_i, G_ema_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (its CPU generator)
     OUT/class_<i>_<name>/       one per pair: samples/, progress.gif, losses.png, interpolation.png,
                                 and generated/ with --generate
     OUT/samples/epoch_XXXX.png  one row per class; OUT/progress.gif animates them
@@ -63,7 +66,7 @@ def build_parser():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     dcgan = dict(lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1)  # DCGAN's defaults
-    common.add_common_flags(parser, "dcgan_classwise", **dcgan, datasets=LABELLED, ema=False)
+    common.add_common_flags(parser, "dcgan_classwise", **dcgan, datasets=LABELLED)
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")
@@ -186,7 +189,7 @@ class Pair:
     """Class c's DCGAN: G and D, their optimizers, its own noise, and its images and place in them."""
 
     def __init__(self, run, c, channels, images=None):
-        args, self.c, self.device = run.args, c, run.device
+        args, self.c, self.run = run.args, c, run
         self.name = f"class_{c}_{common.CLASS_NAMES[args.dataset][c]}"
         if images is not None and len(images) == 0:
             common.fail(f"--classes: {args.dataset} in {args.data_root} has no images of class {c}")
@@ -195,11 +198,12 @@ class Pair:
             G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch)
             D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch)
         self.G, self.D = (net.to(run.device, memory_format=run.memory_format) for net in (G, D))
+        self.G_ema = common.average_of(self.G)  # what this pair's grids and samples come from
         self.fast_G, self.fast_D = run.fast(self.G), run.fast(self.D)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.zdim, self.noise = args.zdim, torch.Generator().manual_seed(args.seed * 1000 + c)
-        self.fixed_z = self.z(64)
+        self.fixed_z = torch.randn(64, args.zdim, generator=self.noise).to(run.device)  # alike everywhere
         if images is not None:  # training, not --generate
             self.data = common.TensorBatches(images, args.batch, run.device, args.seed)
             # the pairs draw in step: each has drawn as many batches as the run counts
@@ -207,11 +211,13 @@ class Pair:
 
     def things(self):
         """What the run's checkpoint holds of this pair, each name ending in its class."""
-        mine = dict(G=self.G, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d, noise=self.noise)
-        return {f"{name}_{self.c}": thing for name, thing in {**mine, "fixed_z": self.fixed_z}.items()}
+        mine = dict(G=self.G, G_ema=self.G_ema, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d)
+        mine.update(noise=self.noise, fixed_z=self.fixed_z)
+        return {f"{name}_{self.c}": thing for name, thing in mine.items()}
 
     def z(self, n):
-        return torch.randn(n, self.zdim, generator=self.noise).to(self.device)
+        """n latent vectors from the pair's own noise (under torchrun, this process's share)."""
+        return self.run.randn(n, self.zdim, generator=self.noise)
 
 
 @torch.no_grad()
@@ -224,20 +230,20 @@ def sample(G, z):
 
 def grids(pairs):
     """Each pair's 64 fixed-noise samples in its folder, and 8 of each as a row of OUT/samples/."""
-    images = {p.name: sample(p.G, p.fixed_z) for p in pairs}
+    images = {p.name: sample(p.G_ema, p.fixed_z) for p in pairs}
     return {**images, "": torch.cat([x[:8] for x in images.values()])}
 
 
 def pooled(pairs, z):
     """An equal share of z through each pair's G: the quality figure measures the pairs together."""
-    return torch.cat([sample(p.G, part) for p, part in zip(pairs, z.chunk(len(pairs)))])
+    return torch.cat([sample(p.G_ema, part) for p, part in zip(pairs, z.chunk(len(pairs)))])
 
 
 def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
     if args.generate:  # each class's PNGs in its own folder, from its own seed
         for p in [Pair(run, c, run.channels) for c in args.classes]:
-            run.track(**{f"G_{p.c}": p.G})
+            run.track(**{f"G_ema_{p.c}": p.G})  # samples come from the pair's average
             run.generate(partial(sample, p.G), args.zdim, run.out / p.name / "generated", args.seed + p.c)
         return None
     images, labels = common.load_tensor_dataset(args.dataset, args.data_root, args.image_size, args.classes)
@@ -254,15 +260,18 @@ def train(args):
                 for _ in range(args.critic_repeats):
                     loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, p.reader.next(), p.z(p.data.batch))
                 loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch))
+                common.ema_update(p.G_ema, p.G, args.ema, run.step)
                 losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew
             run.step_done(sum(p.data.batch for p in pairs) * args.critic_repeats, **losses)
     run.finish([[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT, walk=False)
+    if not run.main:  # under torchrun, rank 0 writes
+        return {p.c: (p.G, p.D) for p in pairs}
     ends = torch.randn(2, 8, args.zdim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
     for p in pairs:  # each pair's own loss plot and latent walk, beside its grids and GIF
         loss_keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
         common.plot_losses(run.out, loss_keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
-        walk = sample(p.G, common.interpolation_latents(ends[0], ends[1], 10))
+        walk = sample(p.G_ema, common.interpolation_latents(ends[0], ends[1], 10))
         common.save_grid(walk, run.out / p.name / "interpolation.png", nrow=10)
     return {p.c: (p.G, p.D) for p in pairs}
 

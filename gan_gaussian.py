@@ -235,7 +235,7 @@ class NormalSamples:
 
 
 def train(args):
-    run = common.Run(args, SCRIPT, SHAPE_FLAGS, conv=False, auto_device="cpu")
+    run = common.Run(args, SCRIPT, SHAPE_FLAGS, conv=False, auto_device="cpu", one_process=True)
     G = Generator(args.zdim, args.dims, args.hidden_dim).to(run.device)
     D = Discriminator(args.dims, args.hidden_dim).to(run.device)
     opt_g = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))

@@ -165,9 +165,8 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log D(G(z))
 
 
-def d_step(G, D, opt_d, real, zdim):
+def d_step(G, D, opt_d, real, z):
     """Ascend D's objective; the fake batch is made without a graph, so no gradient reaches G."""
-    z = torch.randn(len(real), zdim, device=real.device)
     with torch.no_grad():
         fake = G(z)
     loss = discriminator_loss(D(real), D(fake))
@@ -177,9 +176,8 @@ def d_step(G, D, opt_d, real, zdim):
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, kind, device):
+def g_step(G, D, opt_g, z, kind):
     """Descend G's objective through D; D's parameters get gradients but only opt_g steps."""
-    z = torch.randn(batch, zdim, device=device)
     loss = generator_loss(D(G(z)), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
@@ -228,9 +226,10 @@ def train(args):
     run.start(data, total, grid=lambda: draw(fixed_z), sample=draw, classes=digits)
     with run:
         while run.running():
-            for _ in range(args.critic_repeats):
-                loss_d = d_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim)
-            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.g_loss, run.device)
+            for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
+                real = run.real_batch()
+                loss_d = d_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim))
+            loss_g = g_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), args.g_loss)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     run.finish([["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")

@@ -161,9 +161,8 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log sigmoid(D(G(z))), the non-saturating loss
 
 
-def d_step(G, D, opt_d, real, zdim, kind):
+def d_step(G, D, opt_d, real, z, kind):
     """One D update on a real and a detached fake batch; the power iteration advances in D's forward."""
-    z = torch.randn(len(real), zdim, device=real.device)
     with torch.no_grad():
         fake = G(z)
     loss = discriminator_loss(D(real), D(fake), kind)
@@ -173,10 +172,9 @@ def d_step(G, D, opt_d, real, zdim, kind):
     return loss
 
 
-def g_step(G, D, opt_g, batch, zdim, kind, device):
+def g_step(G, D, opt_g, z, kind):
     """One G update through D; D's weights are frozen, not stepped."""
     D.requires_grad_(False)
-    z = torch.randn(batch, zdim, device=device)
     loss = generator_loss(D(G(z)), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
@@ -223,9 +221,10 @@ def train(args):
     run.start(data, total, grid=lambda: sample(G_ema, fixed_z), sample=lambda z: sample(G_ema, z))
     with run:
         while run.running():
-            for _ in range(args.critic_repeats):
-                loss_d = d_step(fast_G, fast_D, opt_d, run.real_batch(), args.zdim, args.loss)
-            loss_g = g_step(fast_G, fast_D, opt_g, data.batch, args.zdim, args.loss, run.device)
+            for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
+                real = run.real_batch()
+                loss_d = d_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim), args.loss)
+            loss_g = g_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), args.loss)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     run.finish([["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.loss} loss)")

@@ -156,12 +156,17 @@ def gradient_penalty(critic, real, fake, c_lambda, eps=None):
     return c_lambda * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_step(G, critic, opt_c, real, zdim, c_lambda):
-    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty)."""
+def critic_step(G, critic, opt_c, real, z, eps, c_lambda):
+    """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty).
+
+    The critic runs three times (real, fake, interpolates) and the penalty's input gradient is
+    taken out of place (autograd.grad, create_graph=True): one backward of the whole loss then
+    gives every parameter its gradient once, which is also what DistributedDataParallel needs to
+    average it correctly under torchrun (a separate penalty.backward() would not be)."""
     with torch.no_grad():
-        fake = G(torch.randn(len(real), zdim, device=real.device))
+        fake = G(z)
     wasserstein = critic(real).mean() - critic(fake).mean()
-    penalty = gradient_penalty(critic, real, fake, c_lambda)
+    penalty = gradient_penalty(critic, real, fake, c_lambda, eps)
     loss = -wasserstein + penalty
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -169,10 +174,10 @@ def critic_step(G, critic, opt_c, real, zdim, c_lambda):
     return loss, wasserstein, penalty
 
 
-def generator_step(G, critic, opt_g, batch, zdim, device):
+def generator_step(G, critic, opt_g, z):
     """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
     critic.requires_grad_(False)
-    loss = -critic(G(torch.randn(batch, zdim, device=device))).mean()
+    loss = -critic(G(z)).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -219,11 +224,13 @@ def train(args):
     run.start(data, total, grid=lambda: sample(G_ema, fixed_z), sample=lambda z: sample(G_ema, z))
     with run:
         while run.running():
-            for _ in range(args.critic_repeats):
+            for _ in range(args.critic_repeats):  # z ~ N(0, I), eps ~ U[0, 1]: each process its own
+                real = run.real_batch()
+                z, eps = run.randn(len(real), args.zdim), run.rand(len(real), 1, 1, 1)
                 loss_c, wasserstein, penalty = critic_step(
-                    fast_G, fast_critic, opt_c, run.real_batch(), args.zdim, args.c_lambda
+                    fast_G, fast_critic, opt_c, real, z, eps, args.c_lambda
                 )
-            loss_g = generator_step(fast_G, fast_critic, opt_g, data.batch, args.zdim, run.device)
+            loss_g = generator_step(fast_G, fast_critic, opt_g, run.randn(data.batch, args.zdim))
             common.ema_update(G_ema, G, args.ema, run.step)
             losses = dict(loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein, penalty=penalty)
             run.step_done(data.batch * args.critic_repeats, **losses)

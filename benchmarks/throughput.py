@@ -19,8 +19,14 @@ are outside it. Variants run interleaved --repeats times; the table gives median
 --profile adds the share of each step spent fetching batches, for both data paths (timed around
 the data path's generator inside the real run; a CPU figure: on a GPU the fetch is asynchronous).
 
+--nproc N runs the same measurement under torchrun in N processes (DistributedDataParallel, gloo on
+the CPU, one GPU each on CUDA): images/s counts every process's images (N x --batch per step), and
+only the fast rows are made (the DataLoader baseline does not share its data out). torchrun gives
+each process one CPU thread (OMP_NUM_THREADS=1) where one process alone uses every core.
+
     python benchmarks/throughput.py                                   # synthetic MNIST, CPU
     python benchmarks/throughput.py --data_root ../shared/data/mnist-subset --profile --csv out.csv
+    python benchmarks/throughput.py --scripts dcgan --nproc 2                 # 2 processes
 """
 
 import argparse
@@ -32,6 +38,7 @@ import os
 import platform
 import statistics
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -228,6 +235,8 @@ def benchmark(opts, tmp):
         known = script_flags(module)
         fp32 = ("--no-amp",) if "--amp" in known else ()  # --amp is on by default where bf16 is native
         variants = [("fast", fp32, False), ("DataLoader + .item()", fp32, True)]
+        if opts.processes > 1:
+            variants = variants[:1]
         if opts.options:
             options = [o if "--amp" in o else (*fp32, *o) for o in OPTIONS if set(o) <= known]
             variants += [("fast " + " ".join(o), o, False) for o in options]
@@ -243,14 +252,15 @@ def benchmark(opts, tmp):
                     print(f"{name} {label}: {results[label]}", file=sys.stderr)
         args = module.build_parser().parse_args(["--data_root", opts.data_root, *extra])
         size = args.image_size or 32
-        base = results["DataLoader + .item()"]
+        base = results.get("DataLoader + .item()", "")
         base = None if isinstance(base, str) else statistics.median(r[0] for r in base)
         for label, flags, baseline in variants:
             row = {"script": name, "image_size": size, "batch": args.batch, "variant": label}
+            row["variant"] += f", {opts.processes} processes" if opts.processes > 1 else ""
             if isinstance(results[label], str):
                 rows.append({**row, "images_per_s": "", "ms_per_g_step": "", "ratio": results[label]})
                 continue
-            ips = statistics.median(r[0] for r in results[label])
+            ips = statistics.median(r[0] for r in results[label]) * opts.processes  # every process's images
             row.update(images_per_s=ips, ms_per_g_step=statistics.median(r[1] for r in results[label]))
             row.update(ratio=ips / base if base else "", runs=len(results[label]))
             data = [r[2] for r in results[label] if r[2] is not None]
@@ -312,6 +322,7 @@ def build_parser():
     p("--options", action=argparse.BooleanOptionalAction, default=True, help="--amp/--compile rows (on)")
     p("--profile", action="store_true", help="also the share of each step spent fetching batches")
     p("--csv", default=None, help="also write the rows to this CSV file")
+    p("--nproc", type=common.positive_int, default=1, help="processes under torchrun (default 1)")
     return parser
 
 
@@ -321,13 +332,29 @@ def main(argv=None):
     unknown = set(opts.scripts) - set(SCRIPTS)
     if unknown:
         common.fail(f"--scripts: {', '.join(sorted(unknown))} not among {', '.join(SCRIPTS)}")
+    opts.processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if opts.nproc > 1 and opts.processes == 1:  # this same measurement in N processes under torchrun
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={opts.nproc}",
+        ]
+        raise SystemExit(
+            subprocess.run([*launch, __file__, *(sys.argv[1:] if argv is None else argv)]).returncode
+        )
+    quiet = int(os.environ.get("RANK", "0")) > 0  # under torchrun rank 0 reports
     source = opts.data_root or "synthetic MNIST-format data (10,000 images)"
     with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
         if opts.data_root is None:
             opts.data_root = os.path.join(tmp, "mnist")
             write_synthetic_mnist(opts.data_root)
         rows = benchmark(opts, Path(tmp))
-    print(f"\n{machine(opts.device)}; data: {source}")
+    if quiet:
+        return rows
+    processes = f", {opts.processes} processes (torchrun)" if opts.processes > 1 else ""
+    print(f"\n{machine(opts.device)}{processes}; data: {source}")
     print(
         f"timed {opts.steps} generator steps after {opts.warmup}, median of {opts.repeats} interleaved runs\n"
     )

@@ -113,7 +113,7 @@ def test_separate_real_and_fake_passes_through_d():
     batches = []
     D.register_forward_pre_hook(lambda m, inp: batches.append(len(inp[0])))
     opt = torch.optim.Adam(D.parameters())
-    dcgan.discriminator_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, 16)
+    dcgan.discriminator_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, torch.randn(6, 16))
     assert batches == [6, 6]
 
 

@@ -111,7 +111,7 @@ def test_generator_step_leaves_the_critic_unchanged():
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9))
     critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
     g_before = [p.detach().clone() for p in G.parameters()]
-    wgan_gp.generator_step(G, critic, opt_g, 16, 8, CPU)
+    wgan_gp.generator_step(G, critic, opt_g, torch.randn(16, 8))
     assert all(torch.equal(critic_before[k], v) for k, v in critic.state_dict().items())
     assert all(p.grad is None for p in critic.parameters())
     assert all(p.requires_grad for p in critic.parameters())  # the critic trains again afterwards
@@ -147,7 +147,8 @@ def test_the_earlier_implementations_flags_work():
     G, critic, opt_g, opt_c = wgan_gp.build(args, 1, CPU)
     assert opt_c.defaults["lr"] == 0.0002
     real = torch.rand(4, 1, 32, 32) * 2 - 1
-    loss, wasserstein, penalty = wgan_gp.critic_step(G, critic, opt_c, real, args.zdim, args.c_lambda)
+    z, eps = torch.randn(4, args.zdim), torch.rand(4, 1, 1, 1)
+    loss, wasserstein, penalty = wgan_gp.critic_step(G, critic, opt_c, real, z, eps, args.c_lambda)
     assert torch.isfinite(loss) and penalty > 0
     assert G(torch.randn(2, 64)).shape == (2, 1, 32, 32)
 

@@ -1,0 +1,168 @@
+"""torchrun: every image script in 2 CPU processes (gloo), started as a user starts it.
+
+Each run goes through tests/distributed_worker.py, which calls the script's real main() from a
+folder of its process's own and keeps the trained networks, so a test can see what each process
+holds and what each wrote. The processes reach each other on localhost only."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("distributed_worker.py")
+SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
+TINY = ["--hidden_dim", "4", "--zdim", "8", "--device", "cpu", "--no-amp", "--no-quality", "--log_every", "1"]
+
+
+def script_args(name, data_root, batch=8):
+    size = ["--image_size", "28" if name == "gan_mnist" else "16"]
+    classes = ["--classes", "1,4"] if name == "dcgan_classwise" else []
+    return ["--data_root", data_root, *TINY, "--batch", str(batch), *size, *classes, "--out", "run"]
+
+
+def command(name, out, argv, processes=2, freeze=False):
+    freezing = ["--freeze_g_statistics"] if freeze else []
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    return [*launch, str(WORKER), name, str(out), *freezing, *argv]
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def nets(out, rank):
+    return torch.load(out / f"nets_{rank}.pt", weights_only=True)
+
+
+def rows_logged(out):
+    log = out / "rank0" / "run" / "log.csv"
+    return len(log.read_text().splitlines()) - 1 if log.exists() else 0
+
+
+def start_and_interrupt(cmd, out, after_rows=2, timeout=180):
+    """Start a torchrun, wait for `after_rows` logged steps, then Ctrl-C it as a terminal would."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    deadline = time.monotonic() + timeout
+    while rows_logged(out) < after_rows and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    proc.send_signal(signal.SIGINT)
+    return proc, proc.communicate(timeout=120)[0]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mnist_root, tmp_path):
+    """Ctrl-C under torchrun: both processes stop at the same step with the same weights, only
+    rank 0 wrote (rank 1's folder stays empty), and its checkpoint resumes in a single process."""
+    out = tmp_path / "two"
+    cmd = command(name, out, [*script_args(name, mnist_root), "--epochs", "1000"])
+    proc, output = start_and_interrupt(cmd, out)
+    assert output.count("2 processes") == 1, output  # rank 0 alone prints the start line
+    assert "stopped at step" in output, output
+    a, b = nets(out, 0), nets(out, 1)
+    assert a.keys() == b.keys()
+    for net in a:
+        for key, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs between the processes"
+    assert list((out / "rank1").iterdir()) == []
+    checkpoint = out / "rank0" / "run" / "checkpoint.pt"
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["step"] >= 2 and saved["args"]["batch"] == 8
+    for key, tensor in a["G" if "G" in a else "G_1"].items():  # the checkpoint holds what was trained
+        assert torch.equal(tensor, saved["G" if "G" in a else "G_1"][key])
+    alone = subprocess.run(
+        [sys.executable, str(WORKER), name, str(tmp_path / "one"), "--resume", str(checkpoint)]
+        + ["--max_steps", str(saved["step"] + 1), "--device", "cpu", "--out", "run"],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+    )
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert f"resumed from {checkpoint} at step {saved['step']}" in alone.stdout
+    assert "2 processes" not in alone.stdout and "steps on cpu\n" in alone.stdout
+    resumed = torch.load(tmp_path / "one" / "rank0" / "run" / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == saved["step"] + 1
+
+
+@pytest.mark.parametrize("name", ["wgan_gp", "sn_dcgan"])
+def test_two_processes_with_batch_b_train_as_one_with_batch_2b(name, mnist_root, tmp_path):
+    """The gradient of the critic (with wgan_gp's penalty) averaged over 2 processes of batch b is the
+    gradient of one process with batch 2b: same real images, same noise, same weights after 3 steps.
+    G's BatchNorm statistics are frozen in both runs (see distributed_worker.py)."""
+    steps = ["--max_steps", "3", "--epochs", "10"]
+    two = subprocess.run(
+        command(name, tmp_path / "two", [*script_args(name, mnist_root, batch=4), *steps], freeze=True),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+    )
+    assert two.returncode == 0, two.stdout + two.stderr
+    one = subprocess.run(
+        [sys.executable, str(WORKER), name, str(tmp_path / "one"), "--freeze_g_statistics"]
+        + [*script_args(name, mnist_root, batch=8), *steps],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=180,
+    )
+    assert one.returncode == 0, one.stdout + one.stderr
+    a = torch.load(tmp_path / "two" / "rank0" / "run" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "one" / "rank0" / "run" / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for net in ("G", "D"):
+        for key, tensor in b[net].items():
+            if tensor.is_floating_point():
+                torch.testing.assert_close(a[net][key], tensor, rtol=0, atol=1e-5, msg=f"{net}.{key}")
+    for opt in ("opt_g", "opt_d"):  # Adam's moments see the gradients' scale, which its steps hide
+        assert any(state["exp_avg"].abs().max() > 0 for state in b[opt]["state"].values()), opt
+        for i, state in b[opt]["state"].items():
+            for moment in ("exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(a[opt]["state"][i][moment], state[moment], rtol=1e-3, atol=1e-9)
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 through /proc (Linux)")
+def test_a_process_that_dies_takes_the_run_down_with_a_message(mnist_root, tmp_path):
+    """Kill rank 1 mid-run: torchrun ends the run with an error naming the failure, not a hang."""
+    out = tmp_path / "run"
+    argv = [*script_args("dcgan", mnist_root), "--epochs", "1000"]
+    proc = subprocess.Popen(
+        command("dcgan", out, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+    )
+    deadline = time.monotonic() + 180
+    while rows_logged(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[0]
+    rank1 = [pid for pid in worker_pids(out) if environ(pid).get("RANK") == "1"]
+    assert len(rank1) == 1
+    os.kill(rank1[0], signal.SIGKILL)
+    output = proc.communicate(timeout=120)[0]  # a hang would time out here
+    assert proc.returncode != 0
+    assert "FAILED" in output or "Failures" in output, output
+
+
+def worker_pids(out):
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(WORKER).encode() in cmdline and str(out).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+def environ(pid):
+    try:
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
