@@ -404,8 +404,10 @@ class StopRequest:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, verbose=True):
-        self.requested, self.verbose = False, verbose
+    def __init__(self, verbose=True, repeat_aborts=True):
+        # under torchrun a repeat is ignored: a job scheduler may signal every process and torchrun
+        # pass it on again, and the processes must stop together; torchrun kills them 30 s later
+        self.requested, self.verbose, self.repeat_aborts = False, verbose, repeat_aborts
 
     def __enter__(self):
         self._previous = {}
@@ -419,7 +421,9 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if self.repeat_aborts:
+                raise KeyboardInterrupt
+            return
         self.requested = True
         if self.verbose:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
@@ -534,13 +538,21 @@ def _load_cifar10(root, download):
 
 
 def load_tensor_dataset(name, root, image_size, classes=None, download=True):
-    """MNIST, Fashion-MNIST or CIFAR-10 as (uint8 images N x C x S x S, int64 labels), resized once."""
+    """MNIST, Fashion-MNIST or CIFAR-10 as (uint8 images N x C x S x S, int64 labels), resized once.
+
+    Under torchrun one process per machine (local rank 0) reads, or downloads, first; the others
+    wait for it, then read the files it left."""
+    first = process_share()[1] == 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first:
+        torch.distributed.barrier()
     if name in ("mnist", "fashion-mnist"):
         images, labels = _load_mnist(name, root, download)
     elif name == "cifar10":
         images, labels = _load_cifar10(root, download)
     else:
         raise ValueError(f"{name} is not a tensor dataset")
+    if first and process_share()[1] > 1:
+        torch.distributed.barrier()
     if classes is not None:
         keep = torch.isin(labels, torch.as_tensor(list(classes)))
         images, labels = images[keep], labels[keep]
@@ -653,7 +665,8 @@ class FolderBatches:
         self.batch = max(1, min(batch, len(files) // self.processes))
         self.device = device
         self.seed = seed
-        self.workers = min(8, os.cpu_count() or 1) if workers is None else workers
+        per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun's processes on this machine
+        self.workers = max(1, min(8, (os.cpu_count() or 1) // per_machine)) if workers is None else workers
 
     def __len__(self):
         return len(self.dataset) // (self.batch * self.processes)
@@ -982,8 +995,14 @@ class Run:
             fail(f"{script} trains in one process: run it with python, not torchrun")
         # auto_device: a model too small for a GPU says "cpu" here (gan_gaussian)
         device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
-        self.device = start_processes(device)
+        if getattr(args, "generate", None) and int(os.environ.get("RANK", "0")) > 0:
+            raise SystemExit(0)  # --generate under torchrun: rank 0 writes them all, alone
+        self.device = start_processes(device) if not getattr(args, "generate", None) else device
         self.rank, self.processes = process_share()
+        # Ctrl-C agreement goes over gloo on the CPU (a GPU tensor's .item() would wait for the GPU)
+        self.control = None
+        if self.processes > 1 and torch.distributed.get_backend() != "gloo":
+            self.control = torch.distributed.new_group(backend="gloo")
         self.main = self.rank == 0  # the process that prints and writes
         seed_everything(args.seed)
         self.out = Path(args.out)
@@ -1165,7 +1184,7 @@ class Run:
         return self.batches_done // len(self.data) if self.data else 0
 
     def __enter__(self):
-        self._stop = StopRequest(verbose=self.main).__enter__()
+        self._stop = StopRequest(verbose=self.main, repeat_aborts=self.processes == 1).__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -1180,9 +1199,9 @@ class Run:
         stop = bool(self._stop and self._stop.requested)
         if self.processes == 1:
             return stop
-        if self._stop_step != self.step:  # one agreement per step
-            flag = torch.tensor([float(stop)], device=self.device)
-            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX)
+        if self._stop_step != self.step:  # one agreement per step, on the CPU: no wait for the GPU
+            flag = torch.tensor([float(stop)])
+            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.control)
             self._stop_step, self._stop_agreed = self.step, bool(flag.item())
         return self._stop_agreed
 

@@ -17,7 +17,8 @@ G has two choices (--g_loss):
 
 Defaults, and where they come from:
 - z ~ N(0, I) of size 100; G 256-512-1024 and D 1024-512-256 (--hidden_dim 256 times 1, 2, 4),
-  LeakyReLU 0.2, dropout 0.3 in D (the paper trains D with dropout), tanh output on images
+  LeakyReLU 0.2, dropout 0.5 after D's hidden layers (the paper trains D with dropout; its code
+  keeps each hidden unit with probability 0.5), tanh output on images
   scaled to [-1, 1]. BatchNorm after G's hidden layers (Radford et al. 2015; the paper predates
   BatchNorm, --no-g_batchnorm gives its plain MLP): on 4,000 real digits, 30 epochs without it
   gave mostly 1s, 7s and 9s in speckle, with it all ten digits (README). The paper's own nets
@@ -98,7 +99,7 @@ def build_parser():
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, Radford et al.)")
     p("--g_widths", type=width_list, default=None, help="G's hidden widths, e.g. 128,512 (default H,2H,4H)")
     p("--d_widths", type=width_list, default=None, help="D's hidden widths, e.g. 256 (default 4H,2H,H)")
-    p("--d_dropout", type=common.unit_interval, default=0.3, help="dropout after D's hidden layers (0.3)")
+    p("--d_dropout", type=common.unit_interval, default=0.5, help="dropout after D's hidden layers (0.5)")
     p(
         "--g_batchnorm",
         action=argparse.BooleanOptionalAction,

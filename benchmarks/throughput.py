@@ -260,7 +260,7 @@ def benchmark(opts, tmp):
             if isinstance(results[label], str):
                 rows.append({**row, "images_per_s": "", "ms_per_g_step": "", "ratio": results[label]})
                 continue
-            ips = statistics.median(r[0] for r in results[label]) * opts.processes  # every process's images
+            ips = statistics.median(r[0] for r in results[label])  # Run counts every process's images
             row.update(images_per_s=ips, ms_per_g_step=statistics.median(r[1] for r in results[label]))
             row.update(ratio=ips / base if base else "", runs=len(results[label]))
             data = [r[2] for r in results[label] if r[2] is not None]

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 from types import SimpleNamespace
 
 import numpy as np
@@ -326,3 +327,17 @@ def test_an_average_missing_from_an_older_checkpoint_starts_from_the_network(tmp
     assert torch.equal(average.weight, net.weight)
     with pytest.raises(SystemExit, match="no 'D' in it"):
         resumed.track(D=torch.nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_asks_to_stop_and_a_second_aborts_unless_under_torchrun(sig):
+    with common.StopRequest(verbose=False) as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), sig)
+    with common.StopRequest(verbose=False, repeat_aborts=False) as stop:  # what Run uses under torchrun
+        os.kill(os.getpid(), sig)
+        os.kill(os.getpid(), sig)  # a scheduler's signal, then torchrun's copy of it
+        assert stop.requested
+    assert signal.getsignal(sig) != stop._handle  # the handlers are given back
