@@ -997,6 +997,7 @@ class Run:
         device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
         if getattr(args, "generate", None) and int(os.environ.get("RANK", "0")) > 0:
             raise SystemExit(0)  # --generate under torchrun: rank 0 writes them all, alone
+        self.owns_group = not (torch.distributed.is_available() and torch.distributed.is_initialized())
         self.device = start_processes(device) if not getattr(args, "generate", None) else device
         self.rank, self.processes = process_share()
         # Ctrl-C agreement goes over gloo on the CPU (a GPU tensor's .item() would wait for the GPU)
@@ -1309,7 +1310,8 @@ class Run:
         """Under torchrun: wait for every process (rank 0 writes last), then leave the process group."""
         if self.processes > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            if self.owns_group:  # a group made by the caller (e.g. a benchmark's many runs) stays
+                torch.distributed.destroy_process_group()
 
     # -- --generate ------------------------------------------------------------------------------
 

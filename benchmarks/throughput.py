@@ -341,10 +341,14 @@ def main(argv=None):
             "--standalone",
             f"--nproc_per_node={opts.nproc}",
         ]
-        raise SystemExit(
-            subprocess.run([*launch, __file__, *(sys.argv[1:] if argv is None else argv)]).returncode
-        )
+        given = list(sys.argv[1:] if argv is None else argv)
+        if "--nproc" in given:  # the processes learn their number from torchrun, and torchrun's own
+            del given[given.index("--nproc") : given.index("--nproc") + 2]  # parser would take --nproc
+        given = [a for a in given if not a.startswith("--nproc=")]
+        raise SystemExit(subprocess.run([*launch, __file__, *given]).returncode)
     quiet = int(os.environ.get("RANK", "0")) > 0  # under torchrun rank 0 reports
+    if opts.processes > 1:  # one process group for all the runs (leaving and rejoining one can hang)
+        common.start_processes(common.pick_device(opts.device))
     source = opts.data_root or "synthetic MNIST-format data (10,000 images)"
     with tempfile.TemporaryDirectory(prefix="throughput_") as tmp:
         if opts.data_root is None:

@@ -33,6 +33,8 @@ def command(name, out, argv, processes=2, freeze=False):
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+if sys.platform == "linux":  # gloo on the loopback interface: a test machine may have no other network
+    ENV["GLOO_SOCKET_IFNAME"] = "lo"
 
 
 def nets(out, rank):
