@@ -537,12 +537,12 @@ def _load_cifar10(root, download):
     return torch.cat(images), torch.cat(labels).long()
 
 
-def load_tensor_dataset(name, root, image_size, classes=None, download=True):
+def load_tensor_dataset(name, root, image_size, classes=None, download=True, in_turn=False):
     """MNIST, Fashion-MNIST or CIFAR-10 as (uint8 images N x C x S x S, int64 labels), resized once.
 
-    Under torchrun one process per machine (local rank 0) reads, or downloads, first; the others
-    wait for it, then read the files it left."""
-    first = process_share()[1] == 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
+    in_turn (the training data, which every process loads at once under torchrun): one process per
+    machine (local rank 0) reads, or downloads, first; the others wait for it, then read its files."""
+    first = not in_turn or process_share()[1] == 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
     if not first:
         torch.distributed.barrier()
     if name in ("mnist", "fashion-mnist"):
@@ -551,7 +551,7 @@ def load_tensor_dataset(name, root, image_size, classes=None, download=True):
         images, labels = _load_cifar10(root, download)
     else:
         raise ValueError(f"{name} is not a tensor dataset")
-    if first and process_share()[1] > 1:
+    if in_turn and first and process_share()[1] > 1:
         torch.distributed.barrier()
     if classes is not None:
         keep = torch.isin(labels, torch.as_tensor(list(classes)))
@@ -711,7 +711,7 @@ def _celeba_folder(root):
 def make_batches(args, device, classes=None):
     """The training data chosen by --dataset, --data_root, --image_size and --batch."""
     if args.dataset in ("mnist", "fashion-mnist", "cifar10"):
-        images, _ = load_tensor_dataset(args.dataset, args.data_root, args.image_size, classes)
+        images, _ = load_tensor_dataset(args.dataset, args.data_root, args.image_size, classes, in_turn=True)
         return TensorBatches(images, args.batch, device, args.seed)
     if classes is not None:
         fail(f"--dataset {args.dataset} has no class labels")

@@ -246,7 +246,9 @@ def train(args):
             run.track(**{f"G_ema_{p.c}": p.G})  # samples come from the pair's average
             run.generate(partial(sample, p.G), args.zdim, run.out / p.name / "generated", args.seed + p.c)
         return None
-    images, labels = common.load_tensor_dataset(args.dataset, args.data_root, args.image_size, args.classes)
+    images, labels = common.load_tensor_dataset(
+        args.dataset, args.data_root, args.image_size, args.classes, in_turn=True
+    )
     pairs = [Pair(run, c, images.shape[1], images[labels == c]) for c in args.classes]
     run.track(**{name: thing for p in pairs for name, thing in p.things().items()})
     data = max((p.data for p in pairs), key=len)  # the run's epoch: one pass over the largest class
