@@ -73,7 +73,7 @@ def build_parser():
         critic_repeats=5,
         zdim=100,
         epochs=25,
-        lr_source="the authors' CIFAR-10 code's; Algorithm 1 has 1e-4",
+        lr_source="the authors' CIFAR-10 code's, without its decay; Algorithm 1 has 1e-4",
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
