@@ -5,7 +5,7 @@ statistics, batches of 64, what many public implementations do without saying so
     python benchmarks/sampling.py runs/dcgan/checkpoint.pt runs/wgan/checkpoint.pt --data_root DIR
 
 For each checkpoint: the classifier FID (evaluate.py's in-training figure: 1,000 samples against
-1,000 training images) of the four ways, all from the same 1,000 latent vectors. Nothing is trained.
+every training image) of the four ways, all from the same 1,000 latent vectors. Nothing is trained.
 Image scripts with one G (not dcgan_classwise); MNIST-like data (one channel).
 """
 
