@@ -32,12 +32,17 @@ def train_for(script, minutes, data_root, out, extra):
     cmd = [sys.executable, str(ROOT / f"{script}.py"), "--data_root", data_root, "--out", str(out)]
     cmd += ["--epochs", "100000", "--no-quality", *extra]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        proc.wait(timeout=minutes * 60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
-    output = proc.communicate(timeout=600)[0]
+    # the console goes to a file, not a pipe: a pipe nobody reads fills up (64 KB) and blocks the
+    # script's next print, so a long run would sit still while its clock ran on
+    with tempfile.TemporaryFile("w+") as console:
+        proc = subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT, text=True)
+        try:
+            proc.wait(timeout=minutes * 60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=600)
+        console.seek(0)
+        output = console.read()
     if proc.returncode != 0:
         raise SystemExit(f"{script} failed:\n{output[-3000:]}")
     return time.perf_counter() - start
