@@ -69,3 +69,29 @@ def test_patches_restored_when_the_run_fails(mnist_root):
         pass
     assert common.RunLog.add is add and common.make_batches is make_batches
     assert common.TensorBatches is tensor_batches and gan_mnist.sample.__name__ == "sample"
+
+
+CHATTY = """
+import signal, sys, time
+from pathlib import Path
+stop = []
+signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+for i in range(4000):
+    print("step", i, "x" * 60, flush=True)  # about 270 KB: four times a pipe's buffer
+Path(__file__).with_name("printed").write_text("after the stop" if stop else "before the stop")
+deadline = time.time() + 30
+while not stop and time.time() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_quality_benchmark_does_not_stall_a_chatty_run(tmp_path, monkeypatch):
+    """A run that prints more than a pipe holds must not block before its budget ends: the
+    benchmark once read the console only at the end, and a 30-minute run sat still after 25."""
+    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    (tmp_path / "chatty.py").write_text(CHATTY)
+    monkeypatch.setattr(quality, "ROOT", tmp_path)
+    wall = quality.train_for("chatty", 3 / 60, "unused", tmp_path / "out", [])
+    assert (tmp_path / "printed").read_text() == "before the stop" and 2.5 < wall < 30
