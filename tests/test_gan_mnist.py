@@ -73,6 +73,23 @@ def test_discriminator_outputs_logits_not_probabilities():
     assert torch.isfinite(gan_mnist.discriminator_loss(logits, logits))
 
 
+def test_d_drops_input_pixels_as_the_authors_code_by_default():
+    """mnist.yaml keeps each of D's input pixels with probability 0.8: the first Linear sees ~20% zeros."""
+    assert gan_mnist.build_parser().parse_args([]).d_input_dropout == 0.2
+    shape = torch.Size((1, 28, 28))
+    D = gan_mnist.Discriminator(shape, [16, 8], 0.5, input_dropout=0.2)
+    seen = []
+    D.net[1].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
+    D(torch.ones(64, 1, 28, 28))
+    zeros = (seen[-1] == 0).float().mean().item()
+    assert 0.18 < zeros < 0.22 and torch.allclose(seen[-1][seen[-1] != 0], torch.tensor(1.25))
+    D.eval()  # sampling and evaluation see every pixel
+    D(torch.ones(64, 1, 28, 28))
+    assert torch.equal(seen[-1], torch.ones(64, 784))
+    # no weights of its own: checkpoints written before it existed load unchanged
+    assert D.state_dict().keys() == gan_mnist.Discriminator(shape, [16, 8], 0.5).state_dict().keys()
+
+
 def test_g_loss_minimax_saturates_and_nonsaturating_does_not():
     """Where D rejects the fakes (logit -8), the minimax gradient vanishes; the paper's fix does not."""
     grads = {}
@@ -168,6 +185,7 @@ def test_generate_writes_pngs(mnist_root, tmp_path):
         ("--zdim", "x"),
         ("--beta1", "1.5"),
         ("--d_dropout", "1"),
+        ("--d_input_dropout", "-0.1"),
     ],
 )
 def test_bad_flag_values_stop_naming_the_flag(flag, value, capsys):
