@@ -853,8 +853,9 @@ def pyplot():
     return plt
 
 
-def plot_losses(out, keys, path=None, title=None):
-    """Plot the logged columns `keys` (lists of column names share one panel) against the step."""
+def plot_losses(out, keys, path=None, title=None, log_y=False):
+    """Plot the logged columns `keys` (lists of column names share one panel) against the step;
+    log_y for a figure that falls by orders of magnitude (FID: thousands at the start, tens later)."""
     plt = pyplot()
     rows = read_log(out)
     if not rows:
@@ -867,7 +868,9 @@ def plot_losses(out, keys, path=None, title=None):
             if points:
                 ax.plot(*zip(*points), label=k, lw=1, marker="." if len(points) < 50 else None)
         ax.legend(loc="upper right")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both" if log_y else "major")
+        if log_y:
+            ax.set_yscale("log")
     axes[-1, 0].set_xlabel("generator step")
     if title:
         axes[0, 0].set_title(title)
@@ -1297,7 +1300,8 @@ class Run:
             plot_losses(self.out, losses, title=title or self.script)
         if any("fid" in r for r in read_log(self.out)):
             quality = "classifier FID of 1,000 fixed samples (lower is better)"
-            plot_losses(self.out, ["fid"], path=self.out / "quality.png", title=f"{self.script}: {quality}")
+            title = f"{self.script}: {quality}"
+            plot_losses(self.out, ["fid"], path=self.out / "quality.png", title=title, log_y=True)
         if self.sample and walk:
             noise = torch.Generator().manual_seed(self.args.seed + 1)
             ends = torch.randn(2, 8, self.args.zdim, generator=noise).to(self.device)
