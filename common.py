@@ -245,7 +245,8 @@ def parse_args(parser, argv):
         ckpt = load_checkpoint_file(args.resume)
         if getattr(parser, "script", None) and ckpt.get("script") != parser.script:
             check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
-        saved = ckpt["args"]
+        # a flag added after the checkpoint was made: its value before it existed, not today's default
+        saved = {**getattr(parser, "before_flag", {}), **ckpt["args"]}
         for key, value in saved.items():
             if key not in given and key not in ("resume", "generate", "max_steps") and hasattr(args, key):
                 setattr(args, key, value)
@@ -1300,8 +1301,8 @@ class Run:
             plot_losses(self.out, losses, title=title or self.script)
         if any("fid" in r for r in read_log(self.out)):
             quality = "classifier FID of 1,000 fixed samples (lower is better)"
-            title = f"{self.script}: {quality}"
-            plot_losses(self.out, ["fid"], path=self.out / "quality.png", title=title, log_y=True)
+            heading = f"{self.script}: {quality}"
+            plot_losses(self.out, ["fid"], path=self.out / "quality.png", title=heading, log_y=True)
         if self.sample and walk:
             noise = torch.Generator().manual_seed(self.args.seed + 1)
             ends = torch.randn(2, 8, self.args.zdim, generator=noise).to(self.device)

@@ -23,8 +23,9 @@ pass of D over the largest chosen class's batches; a smaller class starts its ne
 Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, z of size 100, --hidden_dim 64, 32 x 32), but a batch
 of 64 per pair, not 128: a pair sees one class, a tenth of the data, and ten pairs step one after
 the other, so a step of all ten at 128 costs ten DCGAN steps. At 64 every pair makes twice the steps
-in the same time; on 4,000 MNIST digits, 8 minutes of a 2-core CPU gave FID 35 at batch 64 against
-about 300 at 128 (which needed 13 minutes to reach 53; README). --batch 128 gives DCGAN's.
+in the same time; on 4,000 MNIST digits, 8 minutes of a 2-core CPU gave FID 35 at batch 64, while
+at 128 the in-training figure was still about 300 (the checkpoint measured 53 only after 13 minutes;
+README). --batch 128 gives DCGAN's.
 Speed, same maths: --amp (bfloat16 autocast), --compile, on CUDA cudnn.benchmark and channels_last.
 Samples (grids, --generate, latent walks, the quality figure) come from an exponential moving
 average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), a departure from the
@@ -72,7 +73,10 @@ def build_parser():
     dcgan = dict(lr=2e-4, hidden_dim=64, critic_repeats=1)  # DCGAN's defaults
     common.add_common_flags(parser, "dcgan_classwise", **dcgan, batch=64, datasets=LABELLED)
     batch = parser._option_string_actions["--batch"]
-    batch.help = "batch size of each pair, per process (default 64; DCGAN's 128 is over every class)"
+    batch.help = (
+        "batch size of each pair, per process (default 64; DCGAN's 128 is over every class); under "
+        "torchrun N processes train each pair on N x batch images per step, at the same --lr"
+    )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")

@@ -38,9 +38,9 @@ moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498
 itself: a departure from the paper that changes no training step (--ema 0 samples from G).
 
 The three set-ups this collection grew from, with flags alone:
-    python gan_mnist.py --zdim 64 --lr 0.00001 --batch 128 --hidden_dim 128 --epochs 200
+    python gan_mnist.py --zdim 64 --lr 0.00001 --batch 128 --hidden_dim 128 --epochs 200 --d_input_dropout 0
     python gan_mnist.py --digit 0 --zdim 64 --g_widths 128,512 --d_widths 256 --lr 0.001 --lr_d 0.05 \\
-        --d_dropout 0 --no-g_batchnorm
+        --d_dropout 0 --d_input_dropout 0 --no-g_batchnorm
     python gan_mnist.py --epochs 50        # the tutorial: progress.gif and interpolation.png
 Compare the generator losses:
     python gan_mnist.py --g_loss minimax --out runs/gan_mnist_minimax
@@ -114,6 +114,7 @@ def build_parser():
         help="BatchNorm after G's hidden layers (default on; --no-g_batchnorm: the paper's plain MLP)",
     )
     common.add_speed_flags(parser)
+    parser.before_flag = dict(d_input_dropout=0.0)  # a checkpoint made before the flag resumes without it
     return parser
 
 

@@ -12,6 +12,7 @@ import torch
 from conftest import ROOT, bar_class, run_script
 from PIL import Image
 
+import common
 import gan_mnist
 
 TINY = ["--hidden_dim", "8", "--batch", "16", "--zdim", "8", "--device", "cpu", "--log_every", "1"]
@@ -75,9 +76,10 @@ def test_discriminator_outputs_logits_not_probabilities():
 
 def test_d_drops_input_pixels_as_the_authors_code_by_default():
     """mnist.yaml keeps each of D's input pixels with probability 0.8: the first Linear sees ~20% zeros."""
-    assert gan_mnist.build_parser().parse_args([]).d_input_dropout == 0.2
+    args = gan_mnist.build_parser().parse_args(["--hidden_dim", "8"])
+    assert args.d_input_dropout == 0.2
+    D = gan_mnist.build(args, 1, torch.device("cpu"))[1]
     shape = torch.Size((1, 28, 28))
-    D = gan_mnist.Discriminator(shape, [16, 8], 0.5, input_dropout=0.2)
     seen = []
     D.net[1].register_forward_hook(lambda m, inputs, out: seen.append(inputs[0]))
     D(torch.ones(64, 1, 28, 28))
@@ -87,7 +89,20 @@ def test_d_drops_input_pixels_as_the_authors_code_by_default():
     D(torch.ones(64, 1, 28, 28))
     assert torch.equal(seen[-1], torch.ones(64, 784))
     # no weights of its own: checkpoints written before it existed load unchanged
-    assert D.state_dict().keys() == gan_mnist.Discriminator(shape, [16, 8], 0.5).state_dict().keys()
+    assert D.state_dict().keys() == gan_mnist.Discriminator(shape, [32, 16, 8], 0.5).state_dict().keys()
+
+
+def test_checkpoint_made_before_input_dropout_resumes_without_it(mnist_root, tmp_path):
+    """Its exact continuation: a flag missing from the checkpoint takes its value from before the flag."""
+    run(mnist_root, tmp_path / "r", "--max_steps", "1")
+    path = tmp_path / "r" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["args"]["d_input_dropout"]  # as written before the flag existed
+    torch.save(ckpt, path)
+    parser = gan_mnist.build_parser()
+    assert common.parse_args(parser, ["--resume", str(path)]).d_input_dropout == 0.0
+    asked = common.parse_args(parser, ["--resume", str(path), "--d_input_dropout", "0.3"])
+    assert asked.d_input_dropout == 0.3
 
 
 def test_g_loss_minimax_saturates_and_nonsaturating_does_not():
