@@ -5,23 +5,30 @@ then measure its checkpoint with evaluate.py (classifier FID, KID, precision, re
     python benchmarks/quality.py all --data_root DIR --minutes 2 4 8          # every image script
     python benchmarks/quality.py dcgan --data_root DIR --minutes 4 --flags="--amp"   # script flags
 
+    python benchmarks/quality.py gan_gaussian                                  # its default run, whole
+
 Each budget is its own run from scratch (not checkpoints of one long run), so a figure is exactly
-what a user gets who trains that long. Prints one JSON line per run and a Markdown table at the end:
-script, minutes, FID, KID, precision, recall, generator steps, images/s, the machine. Time your
-runs alone: two trainings on the same cores halve each other's speed.
+what a user gets who trains that long. Each run appends one record to results/quality.jsonl
+(gan_gaussian: results/gaussian.jsonl) with its flags, commit, date and machine, its metrics, the
+in-training FID trajectory (with --flags=--quality) and its last sample grid, copied to
+docs/images/runs/; `python benchmarks/report.py` renders the README's and docs' tables from those
+records. It also prints one JSON line per run and a Markdown table at the end. Time your runs
+alone: two trainings on the same cores halve each other's speed.
 """
 
 import argparse
 import json
-import os
-import platform
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import records
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
@@ -57,48 +64,133 @@ def measure(checkpoint, data_root, n, device):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def last_log_row(out):
+def log_rows(out):
     import csv
 
     with open(Path(out) / "log.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("images_per_s")]
-    return rows[-1]
+        return list(csv.DictReader(f))
+
+
+def trajectory(rows):
+    """[[minutes, generator steps, in-training FID], ...] from the log rows that carry a `fid`."""
+    return [
+        [round(float(r["elapsed_s"]) / 60, 2), int(float(r["step"])), round(float(r["fid"]), 1)]
+        for r in rows
+        if r.get("fid")
+    ]
+
+
+def data_label(data_root):
+    """'MNIST, 4,000 training digits': the count read from the IDX header of the training images."""
+    raw = Path(data_root) / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    try:
+        if raw.is_file():
+            head = raw.open("rb").read(8)
+        else:
+            import gzip
+
+            head = gzip.open(raw.with_suffix(".gz")).read(8)
+        return f"MNIST, {int.from_bytes(head[4:8], 'big'):,} training digits"
+    except OSError:
+        return f"MNIST from {data_root}"
+
+
+def keep_image(image, grids, name):
+    """Copy a run's image to GRIDS/NAME (a path from the repository root when it lies inside it)."""
+    grids = Path(grids)
+    grids.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(image, grids / name)
+    path = (grids / name).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def slug(flags):
+    return re.sub(r"[^A-Za-z0-9.]+", "_", flags).strip("_")
+
+
+def run_gaussian(args, extra):
+    """gan_gaussian runs whole (seconds): its end figures are the mean and std of what G generates."""
+    out = Path(args.out or tempfile.mkdtemp(prefix="quality_")) / "gan_gaussian"
+    cmd = [sys.executable, str(ROOT / "gan_gaussian.py"), "--out", str(out), *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"gan_gaussian failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    found = re.search(r"generated: mean \[([^]]*)\], std \[([^]]*)\]", result.stdout)
+    mean, std = ([float(v) for v in g.split(",")] for g in found.groups())
+    last = log_rows(out)[-1]
+    metrics = dict(mean=mean[0] if len(mean) == 1 else mean, std=std[0] if len(std) == 1 else std)
+    metrics.update(last_batch_mean=float(last["gen_mean"]), last_batch_std=float(last["gen_std"]))
+    record = records.new_record(
+        "gaussian", args.device, script="gan_gaussian", flags=args.flags.strip(), steps=int(last["step"]),
+        images_per_s=round(float(last["images_per_s"])), wall_s=round(float(last["elapsed_s"]), 1),
+        metrics=metrics, data="N(3, 1) samples drawn by the script",
+    )  # fmt: skip
+    if args.record:
+        name = f"gan_gaussian_{record['date']}{'_' + slug(args.flags) if args.flags.strip() else ''}.png"
+        record["grid"] = keep_image(out / "distribution.png", args.grids, name)
+        records.append(record, args.results)
+    print(json.dumps(record), flush=True)
+    return [record]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("script", choices=[*SCRIPTS, "all"])
-    parser.add_argument("--data_root", required=True, help="MNIST folder (torchvision layout)")
+    parser.add_argument("script", choices=[*SCRIPTS, "all", "gan_gaussian"])
+    parser.add_argument("--data_root", default=None, help="MNIST folder (torchvision layout); image scripts")
     parser.add_argument("--minutes", type=float, nargs="+", default=[8.0], help="budgets (default 8)")
     parser.add_argument("--n", type=int, default=1000, help="samples to measure (default 1000)")
     parser.add_argument("--device", default="cpu", help="training and evaluation device (default cpu)")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--flags", default="", help='flags for the script, one string: "--amp --batch 64"')
+    parser.add_argument("--note", default=None, help="one line for the record: why this run was made")
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="append a record to RESULTS/*.jsonl, keep the grid in GRIDS (on)")  # fmt: skip
+    parser.add_argument("--results", default=str(ROOT / "results"), help="records folder (default results/)")
+    parser.add_argument("--grids", default=str(ROOT / "docs" / "images" / "runs"),
+                        help="where the runs' last grids are kept (default docs/images/runs/)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.script == "gan_gaussian":
+        return run_gaussian(args, ["--device", args.device, *shlex.split(args.flags)])
+    if args.data_root is None:
+        parser.error("--data_root is required for the image scripts")
     scripts = SCRIPTS if args.script == "all" else [args.script]
     keep = Path(args.out or tempfile.mkdtemp(prefix="quality_"))
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.device}"
+    # "--quality" only adds the in-training figure: the run's flags are otherwise the defaults
+    flags = " ".join(f for f in shlex.split(args.flags) if f != "--quality")
     rows = []
     for script in scripts:
         for minutes in args.minutes:
             out = keep / f"{script}_{minutes:g}min"
             extra = ["--device", args.device, *shlex.split(args.flags)]
             wall = train_for(script, minutes, args.data_root, out, extra)
-            log = last_log_row(out)
+            log = [r for r in log_rows(out) if r.get("images_per_s")][-1]
             metrics = measure(out / "checkpoint.pt", args.data_root, args.n, args.device)
-            row = dict(script=script, minutes=minutes, wall_s=round(wall, 1), steps=int(float(log["step"])))
-            row.update({k: metrics[k] for k in ("fid", "kid", "precision", "recall") if k in metrics})
-            row.update(images_per_s=float(log["images_per_s"]), flags=args.flags, machine=machine)
+            row = records.new_record(
+                "quality", args.device, script=script, flags=flags, data=data_label(args.data_root),
+                budget_min=minutes, wall_s=round(wall, 1), steps=int(float(log["step"])),
+                images_per_s=round(float(log["images_per_s"])), n=args.n,
+                metrics={k: metrics[k] for k in ("fid", "kid", "precision", "recall") if k in metrics},
+                trajectory=trajectory(log_rows(out)),
+            )  # fmt: skip
+            if args.note:
+                row["note"] = args.note
+            if args.record:
+                grid = sorted((out / "samples").glob("*.png"))[-1]
+                name = f"{script}_{minutes:g}min_{row['date']}{'_' + slug(flags) if flags else ''}.png"
+                row["grid"] = keep_image(grid, args.grids, name)
+                records.append(row, args.results)
             print(json.dumps(row), flush=True)
             rows.append(row)
     print("\n| script | minutes | FID | KID | precision | recall | G steps | images/s | flags |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
+        m = r["metrics"]
         print(
-            f"| {r['script']} | {r['minutes']:g} | {r['fid']:.1f} | {r['kid']:.3f} | {r['precision']:.2f} | "
-            f"{r['recall']:.2f} | {r['steps']} | {r['images_per_s']:.0f} | {r['flags']} |"
+            f"| {r['script']} | {r['budget_min']:g} | {m['fid']:.1f} | {m['kid']:.3f} | "
+            f"{m['precision']:.2f} | {m['recall']:.2f} | {r['steps']} | {r['images_per_s']:.0f} | "
+            f"{r['flags']} |"
         )
-    print(f"\nmachine: {machine}; runs kept in {keep}")
+    print(f"\nmachine: {records.machine_label(rows[0]['machine'])}; runs kept in {keep}")
     return rows
 
 

@@ -1,0 +1,410 @@
+"""Render every results table and figure of README.md and docs/ from the records in results/*.jsonl.
+
+    python benchmarks/report.py            # rewrite the generated parts, docs/results.md and the figures
+    python benchmarks/report.py --check    # exit 1 if any page differs from what the records render
+
+A page asks for a table with a pair of markers; everything between them is replaced:
+
+    <!-- report:models -->              README's models table, with each model's newest 8-minute figure
+    <!-- report:strip -->               a strip of samples, one row per model, and where each row is from
+    <!-- report:results SCRIPT -->      SCRIPT's runs, the public implementations' runs of the same day and
+                                        machine beside ours, and its quality-over-training curve
+    <!-- report:levers SCRIPT|all -->   changes tried against the defaults, beside their baseline run
+    <!-- report:throughput -->          images/s rows
+    <!-- report:kind KIND SCRIPT|all --> any other kind of record, as one table
+    <!-- /report -->
+
+A comparison is only set side by side when both records come from the same date and machine: this
+machine's speed varies about 2x from day to day, and quality at a wall-clock budget follows speed.
+"""
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import records
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["gan_gaussian", "gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
+MODELS = {  # script: (paper, what it shows)
+    "gan_gaussian": ("Goodfellow et al. 2014", "the smallest complete GAN: noise to N(3, 1) in 1-D"),
+    "gan_mnist": ("Goodfellow et al. 2014", "the original MLP GAN on digits"),
+    "dcgan": ("Radford, Metz, Chintala 2015", "the convolutional GAN everything since builds on"),
+    "dcgan_classwise": ("built on DCGAN", "one DCGAN pair per class: labels without a conditional model"),
+    "wgan": ("Arjovsky, Chintala, Bottou 2017", "Wasserstein loss, critic kept Lipschitz by clipping"),
+    "wgan_gp": ("Gulrajani et al. 2017", "Wasserstein loss with a gradient penalty"),
+    "sn_dcgan": ("Miyato et al. 2018", "DCGAN with a spectrally normalized discriminator"),
+}
+PUBLIC_OF = {"gan": "gan_mnist", "dcgan": "dcgan", "wgan": "wgan", "wgan_gp": "wgan_gp"}
+MARKER = re.compile(r"(<!-- report:([^>]*?) -->\n)(.*?)(<!-- /report -->)", re.DOTALL)
+IMAGES = "docs/images/report"
+
+
+# -- Formatting ---------------------------------------------------------------------------------------
+def num(value, digits=None):
+    """A figure as a table shows it: `digits` decimals, or an integer with thousands separators."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(num(v, digits) for v in value)
+    if digits is None:
+        return f"{value:,.0f}" if isinstance(value, int) or value.is_integer() else f"{value:,.1f}"
+    return f"{value:,.{digits}f}"
+
+
+METRICS = {"fid": ("FID", 1), "kid": ("KID", 3), "precision": ("precision", 2), "recall": ("recall", 2)}
+
+
+def machine(r):
+    return records.machine_label(r.get("machine", {}))
+
+
+def day(r):
+    return (r.get("date"), machine(r))
+
+
+def link(path, base):
+    """A path from the repository root, written relative to the page at `base` (README.md or docs/...)."""
+    if not path:
+        return "-"
+    rel = Path(path).relative_to("docs") if base.startswith("docs/") and path.startswith("docs/") else None
+    return f"[grid]({rel if rel is not None else ('../' + path if base.startswith('docs/') else path)})"
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def newest_first(rs):
+    indexed = list(enumerate(rs))
+    return [r for _, r in sorted(indexed, key=lambda ir: (ir[1].get("date", ""), ir[0]), reverse=True)]
+
+
+def flags(r):
+    return f"`{r['flags']}`" if r.get("flags") else "defaults"
+
+
+def metric_cells(r):
+    m = r.get("metrics", {})
+    return [num(m.get(k), d) for k, (_, d) in METRICS.items()]
+
+
+# -- Selecting ----------------------------------------------------------------------------------------
+def of(rs, kind, script=None):
+    return [r for r in rs if r["kind"] == kind and (script in (None, "all") or r.get("script") == script)]
+
+
+def defaults_run(rs, script, budget, on_day=None, flags_=""):
+    """The newest run of `script` with `flags_` (the defaults) at `budget` minutes, on `on_day` if given."""
+    for r in newest_first(of(rs, "quality", script)):
+        if r.get("flags", "") == flags_ and r.get("budget_min") == budget and on_day in (None, day(r)):
+            if r.get("lever") is None or flags_:
+                return r
+    return None
+
+
+def ours_for(public):
+    name = public["script"].split()[-1].removesuffix(".py")
+    return PUBLIC_OF.get(name)
+
+
+# -- Blocks -------------------------------------------------------------------------------------------
+def block_models(rs, base):
+    rows = []
+    for script in SCRIPTS:
+        paper, shows = MODELS[script]
+        if script == "gan_gaussian":
+            r = next(iter(newest_first(of(rs, "gaussian", script))), None)
+            m = r["metrics"] if r else {}
+            figure = f"mean {num(m.get('mean'), 3)}, std {num(m.get('std'), 3)}" if r else "-"
+        else:
+            r = defaults_run(rs, script, 8)
+            figure = f"FID {num(r['metrics'].get('fid'))}" if r else "not measured"
+        when = f"{r['date']}, {machine(r)}" if r else "-"
+        doc = f"docs/{script}.md" if base == "README.md" else f"{script}.md"
+        rows.append([f"[`{script}.py`]({doc})", paper, shows, figure, when])
+    return table(
+        ["script", "paper", "what it shows", "8 minutes, CPU (gan_gaussian: whole run)", "measured"], rows
+    )
+
+
+def block_results(rs, script, base):
+    if script == "gan_gaussian":
+        return block_kind(rs, "gaussian", script, base)
+    runs = newest_first([r for r in of(rs, "quality", script)])
+    head = [
+        "minutes",
+        "flags",
+        *[h for h, _ in METRICS.values()],
+        "G steps",
+        "images/s",
+        "date",
+        "machine",
+        "",
+    ]
+    rows = [
+        [num(r.get("budget_min")), flags(r), *metric_cells(r), num(r.get("steps")),
+         num(r.get("images_per_s")), r.get("date"), machine(r), link(r.get("grid"), base)]
+        for r in runs
+    ]  # fmt: skip
+    parts = [table(head, rows) if rows else "No runs recorded yet."]
+    pairs = []
+    for p in newest_first([p for p in of(rs, "public") if ours_for(p) == script]):
+        ours = defaults_run(rs, script, p.get("budget_min"), on_day=day(p))
+        if ours is None:
+            pairs.append([p["script"], num(p.get("budget_min")), *metric_cells(p), num(p.get("steps")),
+                          p["date"], machine(p), "no run of ours on the same day and machine"])  # fmt: skip
+            continue
+        for r, who in ((ours, f"ours: `{script}.py`"), (p, p["script"])):
+            pairs.append([who, num(r.get("budget_min")), *metric_cells(r), num(r.get("steps")), r["date"],
+                          machine(r), ""])  # fmt: skip
+    if pairs:
+        head = [
+            "implementation",
+            "minutes",
+            *[h for h, _ in METRICS.values()],
+            "G steps",
+            "date",
+            "machine",
+            "",
+        ]
+        parts += [
+            "Beside the public implementations (same protocol, same day and machine):",
+            table(head, pairs),
+        ]
+    if any(r.get("trajectory") for r in runs):
+        rel = (
+            f"images/report/{script}_quality.png"
+            if base.startswith("docs/")
+            else f"{IMAGES}/{script}_quality.png"
+        )
+        parts.append(f"![{script}: in-training FID over wall-clock minutes]({rel})")
+    return "\n\n".join(parts)
+
+
+def block_levers(rs, script, base):
+    rows = []
+    for r in newest_first([r for r in of(rs, "quality", script) if r.get("lever")]):
+        base_run = defaults_run(rs, r["script"], r.get("budget_min"), day(r), r.get("baseline_flags", ""))
+        before = base_run["metrics"].get("fid") if base_run else None
+        rows.append([
+            f"`{r['script']}`", r["lever"], f"`{r['flags']}`", num(r.get("budget_min")),
+            num(before, 1) if base_run else "no baseline that day", num(r.get("metrics", {}).get("fid"), 1),
+            "kept" if r.get("kept") else "not kept", r.get("why", ""), r["date"], machine(r),
+        ])  # fmt: skip
+    head = [
+        "script",
+        "change",
+        "flags",
+        "minutes",
+        "FID baseline",
+        "FID with it",
+        "",
+        "why",
+        "date",
+        "machine",
+    ]
+    return table(head, rows) if rows else "No levers recorded yet."
+
+
+def block_kind(rs, kind, script, base):
+    runs = newest_first(of(rs, kind, script))
+    if not runs:
+        return f"No {kind} records yet."
+    metric_keys = list(dict.fromkeys(k for r in runs for k in r.get("metrics", {})))
+    skip = {
+        "kind",
+        "metrics",
+        "machine",
+        "date",
+        "commit",
+        "command",
+        "source",
+        "grid",
+        "note",
+        "data",
+        "rows",
+    }
+    skip |= {"trajectory", "script"} if script not in (None, "all") else {"trajectory"}
+    fields = [k for k in dict.fromkeys(k for r in runs for k in r) if k not in skip]
+    head = [*fields, *metric_keys, "date", "machine", "grid", "note"]
+    rows = []
+    for r in runs:
+        cells = [flags(r) if k == "flags" else num(r.get(k), 2 if k == "ratio" else None)
+                 if isinstance(r.get(k), (int, float)) else r.get(k, "-") for k in fields]  # fmt: skip
+        cells += [num(r.get("metrics", {}).get(k), 3 if kind == "gaussian" else 1) for k in metric_keys]
+        cells += [r.get("date"), machine(r), link(r.get("grid"), base), r.get("note", "")]
+        rows.append(cells)
+    out = [table(head, rows)]
+    for r in runs:  # gpu_check and other records that carry a table of their own
+        if r.get("rows"):
+            keys = list(dict.fromkeys(k for row in r["rows"] for k in row))
+            out.append(f"{r['date']}, {machine(r)}:\n\n" + table(keys, [[row.get(k, "") for k in keys]
+                                                                        for row in r["rows"]]))  # fmt: skip
+    return "\n\n".join(out)
+
+
+def render_block(rs, spec, base):
+    words = spec.split()
+    if words == ["models"]:
+        return block_models(rs, base)
+    if words == ["strip"]:
+        return block_strip(rs, base)
+    if words[0] == "results" and len(words) == 2:
+        return block_results(rs, words[1], base)
+    if words[0] == "levers" and len(words) == 2:
+        return block_levers(rs, words[1], base)
+    if words == ["throughput"]:
+        return block_kind(rs, "throughput", "all", base)
+    if words[0] == "kind" and len(words) == 3:
+        return block_kind(rs, words[1], words[2], base)
+    raise SystemExit(f"{base}: unknown report marker <!-- report:{spec} -->")
+
+
+def render_page(rs, text, base):
+    return MARKER.sub(lambda m: m[1] + render_block(rs, m[2].strip(), base) + "\n" + m[4], text)
+
+
+def results_page(rs):
+    """docs/results.md: every record, grouped by kind and script, newest first."""
+    parts = [
+        "# Every recorded run\n",
+        "Rendered by `python benchmarks/report.py` from `results/*.jsonl`; do not edit by hand. Each row "
+        "says the date and machine it was measured on: this machine's speed varies about 2x between days, so "
+        "compare rows of one date. The commands, commits and notes are in the records themselves.\n",
+    ]
+    for kind in dict.fromkeys(r["kind"] for r in rs):
+        parts.append(f"## {kind}\n")
+        scripts = list(dict.fromkeys(r.get("script", "-") for r in of(rs, kind)))
+        for script in sorted(scripts, key=lambda s: (SCRIPTS + [s]).index(s)):
+            parts.append(f"### {script}\n\n{block_kind(rs, kind, script, 'docs/results.md')}\n")
+    return "\n".join(parts)
+
+
+def pages(rs):
+    """{path: text} for every page with markers, and docs/results.md."""
+    out = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        base = str(path.relative_to(ROOT))
+        if base == "docs/results.md":
+            continue
+        text = path.read_text()
+        if MARKER.search(text):
+            out[base] = render_page(rs, text, base)
+    out["docs/results.md"] = results_page(rs)
+    return out
+
+
+# -- Figures ------------------------------------------------------------------------------------------
+def figures(rs):
+    """Quality-over-training curves per script and the README's strip of samples, as PNG files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = ROOT / IMAGES
+    folder.mkdir(parents=True, exist_ok=True)
+    for script in SCRIPTS:
+        runs = [r for r in newest_first(of(rs, "quality", script)) if r.get("trajectory")]
+        if not runs:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for r in runs:
+            points = [(t[0], t[2]) for t in r["trajectory"] if t[2] is not None]
+            ax.plot(
+                *zip(*points),
+                marker="o",
+                label=f"{r['date']}, {flags(r).strip('`')}, {r['budget_min']:g} min",
+            )
+        ax.set(xlabel="wall-clock minutes (CPU)", ylabel="in-training FID (log)", yscale="log", title=script)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / f"{script}_quality.png", dpi=100, metadata={"Software": None})
+        plt.close(fig)
+    strip(rs, folder / "strip.png", plt)
+
+
+def grid_cells(path):
+    """The cells of a torchvision grid (8 per row, padding 2), as PIL images in row-major order."""
+    from PIL import Image
+
+    image = Image.open(ROOT / path).convert("L")
+    size = (image.width - 2) // 8 - 2
+    rows = (image.height - 2) // (size + 2)
+    return [[image.crop((2 + c * (size + 2), 2 + r * (size + 2), 2 + c * (size + 2) + size,
+                         2 + r * (size + 2) + size)) for c in range(8)] for r in range(rows)]  # fmt: skip
+
+
+def strip_runs(rs):
+    """Per image model, the run its strip row shows: the newest defaults run with a grid, 8 minutes first."""
+    chosen = {}
+    for script in SCRIPTS[1:]:
+        runs = [r for r in newest_first(of(rs, "quality", script)) if not r.get("flags") and r.get("grid")]
+        runs.sort(key=lambda r: r.get("budget_min") != 8)  # stable: newest 8-minute run first
+        if runs:
+            chosen[script] = runs[0]
+    return chosen
+
+
+def block_strip(rs, base):
+    parts = [", ".join(f"{s} {r['budget_min']:g} min ({r['date']})" for s, r in strip_runs(rs).items())]
+    rel = "images/report/strip.png" if base.startswith("docs/") else f"{IMAGES}/strip.png"
+    return (
+        f"![samples, one row per model]({rel})\n\nDefault flags on the CPU, 4,000 MNIST digits: {parts[0]}."
+    )
+
+
+def strip(rs, path, plt):
+    """One row of ten samples per image model, from the grid of its newest defaults run."""
+    rows = []
+    for script, r in strip_runs(rs).items():
+        if (ROOT / r["grid"]).is_file():
+            cells = grid_cells(r["grid"])
+            pick = (
+                [row[0] for row in cells]
+                if script == "dcgan_classwise"
+                else [c for row in cells for c in row]
+            )
+            rows.append((script, r, [c.resize((32, 32)) for c in pick[:10]]))
+    if not rows:
+        return
+    fig, axes = plt.subplots(len(rows), 1, figsize=(5.2, 0.62 * len(rows)))
+    for ax, (script, r, cells) in zip(list(axes) if len(rows) > 1 else [axes], rows):
+        import numpy as np
+
+        ax.imshow(np.concatenate([np.asarray(c) for c in cells], axis=1), cmap="gray", vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(script, rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=0.25, right=0.99, top=0.99, bottom=0.01, hspace=0.08)
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a page is stale")
+    args = parser.parse_args(argv)
+    rs = records.load()
+    stale = []
+    for base, text in pages(rs).items():
+        path = ROOT / base
+        if not path.exists() or path.read_text() != text:
+            stale.append(base)
+            if not args.check:
+                path.write_text(text)
+    if args.check:
+        if stale:
+            print(f"stale (run python benchmarks/report.py): {', '.join(stale)}")
+        return 1 if stale else 0
+    figures(rs)
+    print(f"rendered {len(rs)} records; rewrote: {', '.join(stale) or 'nothing'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
