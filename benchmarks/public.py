@@ -35,7 +35,9 @@ the script's native size (28, 32 or 64): evaluate.py reads a folder at its image
 the real digits to that same size, then both to the classifier's 28 x 28, exactly the path our 32 x 32
 samples take. Then `evaluate.py OUT/samples --dataset mnist --data_root DIR --n N --json --seed 0`.
 
-Prints one JSON line and a Markdown row: script, minutes, generator steps, FID, KID, precision, recall.
+Appends one record to results/public.jsonl (--no-record skips it; its grid is kept in docs/images/runs/)
+that benchmarks/report.py sets beside our script's run of the same day and machine, and prints one JSON
+line and a Markdown row: script, minutes, generator steps, FID, KID, precision, recall.
 """
 
 import argparse
@@ -50,6 +52,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_FILES = [f"{s}-{k}-ubyte" for s in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
@@ -177,6 +182,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="random, numpy and torch seed (default 0)")
     parser.add_argument("--n", type=int, default=1000, help="samples to write and measure (default 1000)")
     parser.add_argument("--out", required=True, type=Path, help="run folder: work/, samples/, train.log")
+    parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                        help="append a record to RESULTS/public.jsonl, keep the grid (on)")  # fmt: skip
+    parser.add_argument("--results", default=None, help="records folder (default results/; $GAN_RESULTS_DIR)")
+    parser.add_argument("--grids", default=str(ROOT / "docs" / "images" / "runs"),
+                        help="where the run's grid is kept (default docs/images/runs/)")  # fmt: skip
     args = parser.parse_args(argv)
     script = args.script.resolve()
     fam = family(script)
@@ -222,6 +232,21 @@ def main(argv=None):
     row.update({k: metrics[k] for k in ("fid", "kid", "precision", "recall")})
     row.update(flags=" ".join(script_args), machine=f"{platform.processor() or platform.machine()}, "
                f"{os.cpu_count()} cores, cpu")  # fmt: skip
+    if args.record:  # named as report.py pairs it with ours: "PyTorch-GAN wgan.py", "pytorch/examples dcgan"
+        label = script.name if fam["name"] == "PyTorch-GAN" else script.parent.name
+        record = records.new_record(
+            "public", "cpu", script=f"{fam['name']} {label}", flags=" ".join(extra),
+            budget_min=args.minutes, steps=info["steps"], wall_s=row["wall_s"], seed=args.seed, n=args.n,
+            sampled_in=info["mode"] + " mode",
+            metrics={k: metrics[k] for k in ("fid", "kid", "precision", "recall")},
+        )  # fmt: skip
+        grids = Path(args.grids)
+        grids.mkdir(parents=True, exist_ok=True)
+        name = f"public_{fam['name']}_{script.parent.name}_{args.minutes:g}min_{record['date']}.png"
+        shutil.copyfile(out / "grid.png", grids / name.replace("/", "_"))
+        kept = (grids / name.replace("/", "_")).resolve()
+        record["grid"] = str(kept.relative_to(ROOT)) if kept.is_relative_to(ROOT) else str(kept)
+        records.append(record, args.results)
     print(json.dumps(row), flush=True)
     print("\n| script | minutes | G steps | FID | KID | precision | recall |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import records
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
@@ -145,7 +146,7 @@ def main(argv=None):
     parser.add_argument("--note", default=None, help="one line for the record: why this run was made")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
                         help="append a record to RESULTS/*.jsonl, keep the grid in GRIDS (on)")  # fmt: skip
-    parser.add_argument("--results", default=str(ROOT / "results"), help="records folder (default results/)")
+    parser.add_argument("--results", default=None, help="records folder (default results/; $GAN_RESULTS_DIR)")
     parser.add_argument("--grids", default=str(ROOT / "docs" / "images" / "runs"),
                         help="where the runs' last grids are kept (default docs/images/runs/)")  # fmt: skip
     args = parser.parse_args(argv)

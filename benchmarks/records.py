@@ -88,7 +88,7 @@ def new_record(kind, device="cpu", **fields):
 
 
 def append(record, results=None):
-    """Append one record to results/<kind>.jsonl (one line, keys in a stable order)."""
+    """Append one record to RESULTS/<kind>.jsonl: `results`, else $GAN_RESULTS_DIR, else results/."""
     folder = Path(results or os.environ.get("GAN_RESULTS_DIR") or RESULTS)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / f"{record['kind']}.jsonl", "a") as f:

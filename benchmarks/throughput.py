@@ -27,6 +27,9 @@ each process one CPU thread (OMP_NUM_THREADS=1) where one process alone uses eve
     python benchmarks/throughput.py                                   # synthetic MNIST, CPU
     python benchmarks/throughput.py --data_root ../shared/data/mnist-subset --profile --csv out.csv
     python benchmarks/throughput.py --scripts dcgan --nproc 2                 # 2 processes
+
+Each run appends one record to results/throughput.jsonl (its rows, flags, commit, date and machine;
+--no-record skips it) that benchmarks/report.py renders into docs/speed.md.
 """
 
 import argparse
@@ -48,6 +51,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402
+
 import common  # noqa: E402
 
 SCRIPTS = ("gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan")
@@ -323,6 +329,8 @@ def build_parser():
     p("--profile", action="store_true", help="also the share of each step spent fetching batches")
     p("--csv", default=None, help="also write the rows to this CSV file")
     p("--nproc", type=common.positive_int, default=1, help="processes under torchrun (default 1)")
+    p("--record", action=argparse.BooleanOptionalAction, default=True, help="append a results record (on)")
+    p("--results", default=None, help="records folder (default results/, or $GAN_RESULTS_DIR)")
     return parser
 
 
@@ -363,6 +371,14 @@ def main(argv=None):
         f"timed {opts.steps} generator steps after {opts.warmup}, median of {opts.repeats} interleaved runs\n"
     )
     print(table(rows, opts.profile))
+    if opts.record:
+        keep = ("script", "image_size", "batch", "variant", "images_per_s", "ms_per_g_step", "ratio", "runs")
+        kept = [{k: r[k] for k in keep if k in r and r[k] != ""} for r in rows]
+        record = records.new_record(
+            "throughput", opts.device, script="all", processes=opts.processes, data=source,
+            timing=f"{opts.steps} steps after {opts.warmup}, median of {opts.repeats}", rows=kept,
+        )  # fmt: skip
+        print(f"record appended to {records.append(record, opts.results)}")
     if opts.profile:
         for r in rows:
             if r["variant"] == "fast" and r["script"] in ("gan_mnist", "dcgan"):

@@ -54,6 +54,13 @@ def quiet_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path, monkeypatch):
+    """Benchmarks append results records; in tests they go to a temporary folder, never results/."""
+    monkeypatch.setenv("GAN_RESULTS_DIR", str(tmp_path / "results"))
+    return tmp_path / "results"
+
+
 def write_idx(path, array):
     array = np.ascontiguousarray(array, dtype=np.uint8)
     code = {1: 0x0801, 3: 0x0803}[array.ndim]

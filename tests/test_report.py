@@ -1,0 +1,102 @@
+"""The front page and docs are rendered from results records: nothing there drifts from the records,
+every link resolves, and the benchmarks write the records the pages are made from."""
+
+import importlib.util
+import json
+import re
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import records  # noqa: E402
+import report  # noqa: E402
+
+SEVEN = ["gan_gaussian", "gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def test_pages_are_what_the_records_render():
+    stale = [base for base, text in report.pages(records.load()).items() if (ROOT / base).read_text() != text]
+    assert not stale, f"run python benchmarks/report.py: {stale} differ from the records"
+
+
+def test_every_link_and_image_of_the_pages_exists():
+    missing = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue  # a web address or an anchor on the same page
+            if not (page.parent / target.split("#")[0]).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not missing
+
+
+def test_readme_is_a_front_page():
+    text = (ROOT / "README.md").read_text()
+    assert len(text) <= 15_000
+    head = "\n".join(text.splitlines()[:25])
+    assert "pip install" in head and "python gan_gaussian.py" in head and "python -m pytest" in head
+    assert "<!-- report:models -->" in text and "docs/results.md" in text
+
+
+def test_a_page_per_model_with_numbered_departures_and_a_picture():
+    for script in SEVEN:
+        text = (ROOT / "docs" / f"{script}.md").read_text()
+        departures = text.split("## Departures", 1)[1].split("\n## ", 1)[0]
+        assert re.search(r"^1\. ", departures, re.M), f"{script}: departures are not numbered"
+        images = re.findall(r"!\[[^]]*\]\(([^)]+\.(?:png|gif))\)", text)
+        assert any((ROOT / "docs" / i).is_file() for i in images), f"{script}: no picture"
+        assert f"<!-- report:results {script} -->" in text
+
+
+def record(kind, script, date, fid, cpu="AMD EPYC", **extra):
+    machine = dict(cpu=cpu, cores=2, torch="2.14.1", device="cpu")
+    return dict(kind=kind, script=script, flags="", date=date, machine=machine, budget_min=8,
+                steps=100, metrics=dict(fid=fid), **extra)  # fmt: skip
+
+
+def test_a_public_run_is_set_beside_ours_only_from_the_same_day_and_machine():
+    rs = [
+        record("quality", "wgan_gp", "2026-11-25", 29.7),
+        record("public", "PyTorch-GAN wgan_gp.py", "2026-11-25", 104.0),
+        record("public", "PyTorch-GAN wgan_gp.py", "2026-11-26", 99.0),  # another day: no pair
+        record("public", "PyTorch-GAN wgan_gp.py", "2026-11-25", 98.0, cpu="Intel Xeon"),  # another machine
+    ]
+    text = report.block_results(rs, "wgan_gp", "docs/wgan_gp.md")
+    pairs = text.split("Beside the public implementations", 1)[1]
+    assert pairs.count("ours: `wgan_gp.py`") == 1
+    assert pairs.count("no run of ours on the same day and machine") == 2
+    assert "| ours: `wgan_gp.py` | 8 | 29.7 |" in pairs
+    ours_row = pairs.index("ours: `wgan_gp.py` | 8 | 29.7")
+    assert pairs.index("| PyTorch-GAN wgan_gp.py | 8 | 104.0 |") > ours_row
+
+
+def test_a_lever_is_shown_beside_the_defaults_run_of_its_day():
+    rs = [
+        record("quality", "wgan", "2026-12-02", 108.5),
+        record("quality", "wgan", "2026-11-25", 87.0),
+        dict(record("quality", "wgan", "2026-12-02", 84.9), flags="--lr 5e-4", lever="lr 5e-4", kept=False),
+    ]
+    text = report.block_levers(rs, "wgan", "docs/levers.md")
+    assert "| `wgan` | lr 5e-4 | `--lr 5e-4` | 8 | 108.5 | 84.9 | not kept |" in text
+
+
+def test_quality_benchmark_appends_a_record(tmp_path, results_in_tmp):
+    """gan_gaussian through benchmarks/quality.py: its record carries provenance, metrics and its plot."""
+    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    grids, ours = tmp_path / "grids", (ROOT / "results" / "gaussian.jsonl").read_text()
+    flags = ["--flags=--steps 40", "--device", "cpu", "--out", str(tmp_path / "runs"), "--grids", str(grids)]
+    quality.main(["gan_gaussian", *flags])
+    lines = (results_in_tmp / "gaussian.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    r = json.loads(lines[0])
+    assert r["kind"] == "gaussian" and r["script"] == "gan_gaussian" and r["steps"] == 40
+    assert r["flags"] == "--steps 40" and r["machine"]["device"] == "cpu"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", r["date"]) and r["commit"]
+    assert {"cpu", "cores", "torch", "device"} <= set(r["machine"])
+    assert isinstance(r["metrics"]["mean"], float) and r["metrics"]["std"] > 0
+    assert (grids / r["grid"].split("/")[-1]).is_file()
+    assert (ROOT / "results" / "gaussian.jsonl").read_text() == ours  # the repository's records untouched
