@@ -6,6 +6,7 @@
 A page asks for a table with a pair of markers; everything between them is replaced:
 
     <!-- report:models -->              README's models table, with each model's newest 8-minute figure
+    <!-- report:summary -->             README's results: 8 and 30 minutes per model, public pairs
     <!-- report:strip -->               a strip of samples, one row per model, and where each row is from
     <!-- report:results SCRIPT -->      SCRIPT's runs, the public implementations' runs of the same day and
                                         machine beside ours, and its quality-over-training curve
@@ -131,6 +132,33 @@ def block_models(rs, base):
     )
 
 
+def block_summary(rs, base):
+    """README's results: each image model's newest defaults run at 8 and 30 minutes, and the newest
+    public run of each public implementation that has a run of ours from the same day and machine."""
+    head = ["script", "minutes", *[h for h, _ in METRICS.values()], "G steps", "images/s", "date", "machine"]
+    rows = []
+    for script in SCRIPTS[1:]:
+        for budget in (8, 30):
+            r = defaults_run(rs, script, budget)
+            if r:
+                rows.append([f"`{script}.py`", num(budget), *metric_cells(r), num(r.get("steps")),
+                             num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
+    pairs, seen = [], set()
+    for p in newest_first(of(rs, "public")):
+        ours = defaults_run(rs, ours_for(p), p.get("budget_min"), on_day=day(p)) if ours_for(p) else None
+        if ours is None or p["script"] in seen:
+            continue
+        seen.add(p["script"])
+        for r, who in ((ours, f"ours: `{ours['script']}.py`"), (p, p["script"])):
+            pairs.append([who, num(r.get("budget_min")), *metric_cells(r), num(r.get("steps")),
+                          num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
+    parts = [table(head, rows)]
+    if pairs:
+        parts += ["Beside the public implementations, each pair from one day and machine:",
+                  table(["implementation", *head[1:]], pairs)]  # fmt: skip
+    return "\n\n".join(parts)
+
+
 def block_results(rs, script, base):
     if script == "gan_gaussian":
         return block_kind(rs, "gaussian", script, base)
@@ -175,6 +203,14 @@ def block_results(rs, script, base):
             "Beside the public implementations (same protocol, same day and machine):",
             table(head, pairs),
         ]
+    shown = next((r for r in runs if r.get("grid") and not r.get("flags")), None)
+    if shown:  # the newest defaults run's samples: what the code of that commit makes
+        path = shown["grid"].removeprefix("docs/") if base.startswith("docs/") else shown["grid"]
+        parts.append(
+            f"![{script}, newest run with default flags]({path})\n\nThe newest run with default flags: "
+            f"{num(shown.get('budget_min'))} minutes, {shown['date']}, {machine(shown)}, commit "
+            f"{shown.get('commit', 'unknown')}, {shown.get('data', 'MNIST')}."
+        )
     if any(r.get("trajectory") for r in runs):
         rel = (
             f"images/report/{script}_quality.png"
@@ -251,6 +287,8 @@ def render_block(rs, spec, base):
     words = spec.split()
     if words == ["models"]:
         return block_models(rs, base)
+    if words == ["summary"]:
+        return block_summary(rs, base)
     if words == ["strip"]:
         return block_strip(rs, base)
     if words[0] == "results" and len(words) == 2:
