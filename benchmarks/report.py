@@ -49,8 +49,10 @@ def num(value, digits=None):
         return "-"
     if isinstance(value, list):
         return ", ".join(num(v, digits) for v in value)
-    if digits is None:
-        return f"{value:,.0f}" if isinstance(value, int) or value.is_integer() else f"{value:,.1f}"
+    if digits is None:  # whole numbers as they are, fractions to about three significant digits
+        if isinstance(value, int) or value.is_integer():
+            return f"{value:,.0f}"
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:,.1f}"
     return f"{value:,.{digits}f}"
 
 
@@ -271,7 +273,7 @@ def block_kind(rs, kind, script, base):
     for r in runs:
         cells = [flags(r) if k == "flags" else num(r.get(k), 2 if k == "ratio" else None)
                  if isinstance(r.get(k), (int, float)) else r.get(k, "-") for k in fields]  # fmt: skip
-        cells += [num(r.get("metrics", {}).get(k), 3 if kind == "gaussian" else 1) for k in metric_keys]
+        cells += [num(r.get("metrics", {}).get(k), 3 if kind == "gaussian" else None) for k in metric_keys]
         cells += [r.get("date"), machine(r), link(r.get("grid"), base), r.get("note", "")]
         rows.append(cells)
     out = [table(head, rows)]

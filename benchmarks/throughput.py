@@ -371,14 +371,18 @@ def main(argv=None):
         f"timed {opts.steps} generator steps after {opts.warmup}, median of {opts.repeats} interleaved runs\n"
     )
     print(table(rows, opts.profile))
-    if opts.record:
-        keep = ("script", "image_size", "batch", "variant", "images_per_s", "ms_per_g_step", "ratio", "runs")
-        kept = [{k: r[k] for k in keep if k in r and r[k] != ""} for r in rows]
-        record = records.new_record(
-            "throughput", opts.device, script="all", processes=opts.processes, data=source,
-            timing=f"{opts.steps} steps after {opts.warmup}, median of {opts.repeats}", rows=kept,
-        )  # fmt: skip
-        print(f"record appended to {records.append(record, opts.results)}")
+    if opts.record:  # one record per row, as report.py renders docs/speed.md
+        for r in rows:
+            record = records.new_record("throughput", opts.device, processes=opts.processes, data=source)
+            record.update({k: r[k] for k in ("script", "variant", "batch", "image_size") if k in r})
+            for k, v in (("images_per_s", r.get("images_per_s")), ("ms_per_step", r.get("ms_per_g_step"))):
+                if isinstance(v, float):
+                    record[k] = round(v, 1)
+            ratio = r.get("ratio")
+            record["ratio"] = round(ratio, 3) if isinstance(ratio, float) else ratio or None
+            record.update(steps=opts.steps, repeats=opts.repeats, data_path_pct=r.get("data_pct") or None)
+            path = records.append(record, opts.results)
+        print(f"{len(rows)} records appended to {path}")
     if opts.profile:
         for r in rows:
             if r["variant"] == "fast" and r["script"] in ("gan_mnist", "dcgan"):
