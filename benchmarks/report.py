@@ -248,6 +248,17 @@ def block_levers(rs, script, base):
     return table(head, rows) if rows else "No levers recorded yet."
 
 
+def cell(r, k):
+    value = r.get(k)
+    if k == "flags":
+        return flags(r)
+    if isinstance(value, bool):
+        return {"kept": "kept" if value else "not kept"}.get(k, "yes" if value else "no")
+    if isinstance(value, (int, float)):
+        return num(value, 2 if k == "ratio" else None)
+    return "-" if value is None else value
+
+
 def block_kind(rs, kind, script, base):
     runs = newest_first(of(rs, kind, script))
     if not runs:
@@ -271,9 +282,10 @@ def block_kind(rs, kind, script, base):
     head = [*fields, *metric_keys, "date", "machine", "grid", "note"]
     rows = []
     for r in runs:
-        cells = [flags(r) if k == "flags" else num(r.get(k), 2 if k == "ratio" else None)
-                 if isinstance(r.get(k), (int, float)) else r.get(k, "-") for k in fields]  # fmt: skip
-        cells += [num(r.get("metrics", {}).get(k), 3 if kind == "gaussian" else None) for k in metric_keys]
+        cells = [cell(r, k) for k in fields]
+        cells += [
+            num(r.get("metrics", {}).get(k), 3 if kind.startswith("gaussian") else None) for k in metric_keys
+        ]
         cells += [r.get("date"), machine(r), link(r.get("grid"), base), r.get("note", "")]
         rows.append(cells)
     out = [table(head, rows)]
@@ -352,16 +364,21 @@ def figures(rs):
         runs = [r for r in newest_first(of(rs, "quality", script)) if r.get("trajectory")]
         if not runs:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.6))
-        for r in runs:
-            points = [(t[0], t[2]) for t in r["trajectory"] if t[2] is not None]
-            ax.plot(
-                *zip(*points),
-                marker="o",
-                label=f"{r['date']}, {flags(r).strip('`')}, {r['budget_min']:g} min",
-            )
-        ax.set(xlabel="wall-clock minutes (CPU)", ylabel="in-training FID (log)", yscale="log", title=script)
-        ax.legend(fontsize=7)
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+        for r in runs:  # by minutes where a point has them, by generator steps where it has those
+            label = f"{r['date']}, {flags(r).strip('`')}, {r['budget_min']:g} min"
+            for ax, x in zip(axes, (0, 1)):
+                points = [(t[x], t[2]) for t in r["trajectory"] if t[x] is not None and t[2] is not None]
+                if points:
+                    ax.plot(*zip(*points), marker="o", label=label)
+        axes[0].set(xlabel="wall-clock minutes (CPU)", ylabel="in-training FID (log)", yscale="log")
+        axes[1].set(xlabel="generator steps", ylabel="in-training FID (log)")
+        fig.suptitle(script)
+        for ax in axes:
+            if ax.lines:
+                ax.legend(fontsize=7)
+            else:
+                ax.set_visible(False)  # no trajectory of this script has points on this axis
         fig.tight_layout()
         fig.savefig(folder / f"{script}_quality.png", dpi=100, metadata={"Software": None})
         plt.close(fig)
