@@ -9,7 +9,7 @@ Nothing here trains anything: every model file keeps its own networks, losses an
   images through a DataLoader with workers; a clear message when data is missing;
 - output: image grids, GIFs, loss plots, latent interpolation, PNG files for `--generate`,
   a CSV log with a progress line, atomic checkpoints, RNG state, device choice;
-- speed: --amp, --compile and --deterministic, cudnn and channels_last on CUDA (setup_backends);
+- speed: --amp, --compile and --deterministic; on CUDA cudnn, and channels_last under bfloat16 autocast;
 - `Run`: the plumbing of one training run (device and seed, checkpoint check, restore and save,
   the log, Ctrl-C, per-epoch grids, --generate, the closing plots), so that a model file's
   train() shows its algorithm and nothing else. The model hands it what it owns, by name;
@@ -29,6 +29,7 @@ import random
 import signal
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -143,7 +144,13 @@ def add_common_flags(
         default=None,
         help="stop after this many generator updates (default: none)",
     )
-    p("--resume", default=None, help="checkpoint to continue from exactly where it stopped (default: none)")
+    p(
+        "--resume",
+        default=None,
+        help="checkpoint to continue from exactly where it stopped, with its flags unless given again; "
+        "the machine's flags (--device, --amp, --compile, --deterministic, --sync_bn, --workers) are "
+        "this run's (default: none)",
+    )
     p(
         "--generate",
         type=positive_int,
@@ -219,7 +226,7 @@ def add_speed_flags(parser, compile_help=None):
         default=False,
         help="under torchrun on GPUs: BatchNorm normalizes over the whole global batch (SyncBatchNorm, "
         "one all-reduce per BatchNorm layer and pass). Default off: each process normalizes its own "
-        "batch, as one process with --batch does",
+        "batch, as one process with --batch does. Not with --compile",
     )
 
 
@@ -235,20 +242,27 @@ def explicit_flags(parser, argv):
             action.default = saved[action.dest]
 
 
+# The flags that describe the machine, not the model: with --resume they are always this run's (their
+# defaults when not given), so a checkpoint trained on cuda:3 with --amp --compile samples on a laptop.
+# --deterministic too: it picks CUDA's kernels, as --amp and --compile pick the arithmetic and the code.
+MACHINE_FLAGS = ("device", "amp", "compile", "deterministic", "sync_bn", "workers")
+
+
 def parse_args(parser, argv):
-    """Parse, then with --resume take every flag the user did not write from the checkpoint."""
+    """Parse, then with --resume take every flag the user did not write from the checkpoint, except
+    the machine's (MACHINE_FLAGS) and those of this invocation (--resume, --generate, --max_steps)."""
     args = parser.parse_args(argv)
     if args.generate is not None and args.resume is None:
         parser.error("--generate needs --resume CHECKPOINT (the model to sample from)")
     if args.resume is not None:
-        given = explicit_flags(parser, argv)
+        given = explicit_flags(parser, argv) | set(MACHINE_FLAGS) | {"resume", "generate", "max_steps"}
         ckpt = load_checkpoint_file(args.resume)
         if getattr(parser, "script", None) and ckpt.get("script") != parser.script:
             check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
         # a flag added after the checkpoint was made: its value before it existed, not today's default
         saved = {**getattr(parser, "before_flag", {}), **ckpt["args"]}
         for key, value in saved.items():
-            if key not in given and key not in ("resume", "generate", "max_steps") and hasattr(args, key):
+            if key not in given and hasattr(args, key):
                 setattr(args, key, value)
     return args
 
@@ -299,15 +313,23 @@ def pick_device(name):
 def setup_backends(device, args, conv=True):
     """CUDA only: cudnn.benchmark for conv nets, or repeatable kernels with --deterministic.
 
-    Returns the memory format for conv nets and image batches: channels_last on CUDA (what tensor
-    cores read fastest), the usual contiguous format elsewhere, so nothing changes on CPU."""
+    Returns the memory format for conv nets and image batches (conv_memory_format)."""
     if device.type != "cuda":
         return torch.contiguous_format
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be repeatable
     torch.use_deterministic_algorithms(args.deterministic)
     torch.backends.cudnn.benchmark = conv and not args.deterministic
-    return torch.channels_last if conv and not args.deterministic else torch.contiguous_format
+    amp = amp_dtype(device, getattr(args, "amp", False))
+    return conv_memory_format(device, conv and not args.deterministic, amp)
+
+
+def conv_memory_format(device, conv, amp):
+    """channels_last where it is known to help: conv nets on a CUDA GPU under bfloat16 autocast (its
+    tensor cores read NHWC fastest). In float32 (--no-amp, or a GPU without bfloat16) NHWC is often
+    slower. Elsewhere the usual contiguous format, so nothing changes on the CPU."""
+    fast = device.type == "cuda" and conv and amp is torch.bfloat16
+    return torch.channels_last if fast else torch.contiguous_format
 
 
 def seed_everything(seed):
@@ -347,11 +369,21 @@ def set_rng_state(state, device=torch.device("cpu")):
         numpy.random.set_state(state["numpy"])
 
 
+def cuda_bf16(device, capability=None):
+    """Whether the CUDA GPU `device` computes in bfloat16 natively: compute capability 8.0 (Ampere)
+    or later. capability: (major, minor), read from `device` itself when not given. (Not
+    torch.cuda.is_bf16_supported: its including_emulation keyword is newer than torch 2.2, and
+    without it, it says yes where bfloat16 is only emulated.)"""
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    return tuple(capability) >= (8, 0)
+
+
 def native_bf16(device, cpu_flags=None):
-    """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 (Ampere and later), or a
-    CPU with AVX512-BF16 or AMX (read from /proc/cpuinfo: elsewhere, no). The default of --amp."""
+    """Whether `device` computes in bfloat16 natively: a CUDA GPU with bf16 (cuda_bf16), or a CPU
+    with AVX512-BF16 or AMX (read from /proc/cpuinfo: elsewhere, no). The default of --amp."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return cuda_bf16(device)
     if device.type != "cpu":
         return False
     if cpu_flags is None:
@@ -373,8 +405,7 @@ def amp_dtype(device, amp, bf16_supported=None):
     if not amp:
         return None
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-        supported = native if bf16_supported is None else bf16_supported
+        supported = cuda_bf16(device) if bf16_supported is None else bf16_supported
         if not supported:
             fail(f"--amp: {device} has no bfloat16 support (T4, V100 and older GPUs); run without --amp")
     return torch.bfloat16
@@ -442,6 +473,8 @@ class StopRequest:
 
 # A collective that waits longer than this (a process died, or hangs) stops the run with an error
 PROCESS_GROUP_TIMEOUT = timedelta(minutes=5)
+# ... except the wait for another process's download of the data (CIFAR-10: 170 MB, then decoded)
+DATA_WAIT = timedelta(hours=2)
 
 
 def process_share():
@@ -454,8 +487,11 @@ def process_share():
 
 def start_processes(device):
     """Under torchrun (WORLD_SIZE > 1 in the environment), join the process group: NCCL on CUDA,
-    one GPU per process (cuda:LOCAL_RANK), gloo on CPU. Returns this process's device."""
+    one GPU per process (cuda:LOCAL_RANK), gloo on CPU. Returns this process's device, which is
+    made the current CUDA device (cuda:N alone too: pinned memory and kernels land on GPU N)."""
     if int(os.environ.get("WORLD_SIZE", "1")) == 1 or torch.distributed.is_initialized():
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return device
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -466,8 +502,35 @@ def start_processes(device):
     elif device.type != "cpu":
         fail(f"--device {device}: torchrun trains on CUDA GPUs (NCCL) or the CPU (gloo), not {device.type}")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    init = torch.distributed.init_process_group
+    if device.type == "cuda" and "device_id" in inspect.signature(init).parameters:  # torch 2.3 and later
+        init(backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=device)  # NCCL knows its GPU from the start
+    else:
+        init(backend, timeout=PROCESS_GROUP_TIMEOUT)
     return device
+
+
+_cpu_groups = {}
+
+
+def cpu_group():
+    """A gloo group of every process, for what is agreed on the CPU without a wait for the GPU (Ctrl-C):
+    the default group under gloo; beside NCCL, one made the first time for this process group (a
+    collective: every process asks at the same point, in Run). Under gloo, torchrun's processes reach
+    each other through the interface that the host name resolves to, or GLOO_SOCKET_IFNAME."""
+    if torch.distributed.get_backend() == "gloo":
+        return None  # the default group
+    world = torch.distributed.group.WORLD
+    if _cpu_groups.get("world") is not world:
+        _cpu_groups.update(world=world, group=torch.distributed.new_group(backend="gloo"))
+    return _cpu_groups["group"]
+
+
+def download_turn(rank, local_rank):
+    """When a process reads (or downloads) the training data under torchrun: 0 global rank 0 first,
+    1 then the first process of each other machine (which finds rank 0's files when the data root is
+    a shared file system, or downloads its own copy), 2 then every other process, which finds them."""
+    return 0 if rank == 0 else 1 if local_rank == 0 else 2
 
 
 def distributed(net, device, sync_bn=False):
@@ -541,19 +604,23 @@ def _load_cifar10(root, download):
 def load_tensor_dataset(name, root, image_size, classes=None, download=True, in_turn=False):
     """MNIST, Fashion-MNIST or CIFAR-10 as (uint8 images N x C x S x S, int64 labels), resized once.
 
-    in_turn (the training data, which every process loads at once under torchrun): one process per
-    machine (local rank 0) reads, or downloads, first; the others wait for it, then read its files."""
-    first = not in_turn or process_share()[1] == 1 or int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if not first:
-        torch.distributed.barrier()
-    if name in ("mnist", "fashion-mnist"):
-        images, labels = _load_mnist(name, root, download)
-    elif name == "cifar10":
-        images, labels = _load_cifar10(root, download)
-    else:
+    in_turn (the training data, which every process loads at once under torchrun): the processes
+    take turns (download_turn), so that one process per file system downloads; the others wait on
+    the CPU (a gloo group of their own) for up to DATA_WAIT, not the process group's timeout."""
+    if name not in ("mnist", "fashion-mnist", "cifar10"):
         raise ValueError(f"{name} is not a tensor dataset")
-    if in_turn and first and process_share()[1] > 1:
-        torch.distributed.barrier()
+    load = _load_cifar10 if name == "cifar10" else partial(_load_mnist, name)
+    rank, processes = process_share()
+    if not in_turn or processes == 1:
+        images, labels = load(root, download)
+    else:
+        waiting = torch.distributed.new_group(backend="gloo", timeout=DATA_WAIT)  # every process, at once
+        mine = download_turn(rank, int(os.environ.get("LOCAL_RANK", "0")))
+        for turn in range(3):
+            if turn == mine:
+                images, labels = load(root, download)
+            torch.distributed.barrier(waiting)
+        torch.distributed.destroy_process_group(waiting)
     if classes is not None:
         keep = torch.isin(labels, torch.as_tensor(list(classes)))
         images, labels = images[keep], labels[keep]
@@ -952,6 +1019,13 @@ def ema_update(average, net, decay, step):
         a.copy_(b)
 
 
+def pinned(device):
+    """Whether a tensor drawn on the CPU at each step goes to `device` from page-locked memory and
+    without blocking: on a CUDA GPU, so the CPU queues on, where a copy from pageable memory would
+    wait for the GPU to catch up (a host-device sync per copy)."""
+    return device.type == "cuda"
+
+
 class Autocast(torch.nn.Module):
     """A network whose forward pass runs under autocast (--amp) and hands back float32.
 
@@ -997,6 +1071,8 @@ class Run:
         self.args, self.script = args, script
         if one_process and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             fail(f"{script} trains in one process: run it with python, not torchrun")
+        if getattr(args, "compile", False) and getattr(args, "sync_bn", False):
+            fail("--compile with --sync_bn: torch.compile fails on SyncBatchNorm under DDP; leave one out")
         # auto_device: a model too small for a GPU says "cpu" here (gan_gaussian)
         device = pick_device(auto_device if args.device == "auto" and auto_device else args.device)
         if getattr(args, "generate", None) and int(os.environ.get("RANK", "0")) > 0:
@@ -1005,9 +1081,7 @@ class Run:
         self.device = start_processes(device) if not getattr(args, "generate", None) else device
         self.rank, self.processes = process_share()
         # Ctrl-C agreement goes over gloo on the CPU (a GPU tensor's .item() would wait for the GPU)
-        self.control = None
-        if self.processes > 1 and torch.distributed.get_backend() != "gloo":
-            self.control = torch.distributed.new_group(backend="gloo")
+        self.control = cpu_group() if self.processes > 1 else None
         self.main = self.rank == 0  # the process that prints and writes
         seed_everything(args.seed)
         self.out = Path(args.out)
@@ -1034,11 +1108,13 @@ class Run:
         """n standard normal draws of `shape` for this process (latent vectors z): every process
         draws processes x n alike and takes its own n, so the processes' z differ and P processes
         with batch n use the very z of one process with batch P n. One process: torch.randn(n, *shape).
-        generator: a CPU torch.Generator to draw from instead of the global one."""
+        generator: a CPU torch.Generator to draw from instead of the global one (see pinned)."""
         if generator is None:
             z = torch.randn(self.processes * n, *shape, device=self.device)
         else:
-            z = torch.randn(self.processes * n, *shape, generator=generator).to(self.device)
+            fast = pinned(self.device)
+            z = torch.randn(self.processes * n, *shape, generator=generator, pin_memory=fast)
+            z = z.to(self.device, non_blocking=fast)
         return z[self.rank * n : (self.rank + 1) * n]
 
     def rand(self, n, *shape):

@@ -12,30 +12,25 @@ Fashion-MNIST. Pair c plays DCGAN's game on the images of class c alone:
     loss_D_c = -log D_c(x) - log(1 - D_c(G_c(z)))      x drawn from class c only
     loss_G_c = -log D_c(G_c(z))                          (non-saturating, BCE on logits)
 
-The pairs share nothing but the code: no parameter, optimizer, batch or random number. Each pair
-has its own noise generator and its own initialisation, both seeded from (--seed, class), so pair
-c trains exactly the same whether it runs alone (--classes 3) or beside nine others. The noise
-generator lives on the CPU (z is drawn there, then moved to the device), so a checkpoint made on
-one kind of device resumes on any other.
+The pairs share nothing but the code: no parameter, optimizer, batch or random number. Each has its own
+initialisation and its own noise generator, seeded from (--seed, class), so pair c trains the same alone
+(--classes 3) or beside nine others; the generators live on the CPU, so a checkpoint resumes on any device.
 
-A step updates every pair once (--critic_repeats D updates, then one G update). An epoch is one
-pass of D over the largest chosen class's batches; a smaller class starts its next pass early.
-Defaults: DCGAN's (Adam lr 2e-4, beta1 0.5, z of size 100, --hidden_dim 64, 32 x 32), but a batch
-of 64 per pair, not 128: a pair sees one class, a tenth of the data, and ten pairs step one after
-the other, so a step of all ten at 128 costs ten DCGAN steps. At 64 every pair makes twice the steps
-in the same time; on 4,000 MNIST digits, 8 minutes of a 2-core CPU gave FID 35 at batch 64, while
-at 128 the in-training figure was still about 300 (the checkpoint measured 53 only after 13 minutes;
-README). --batch 128 gives DCGAN's.
-Speed, same maths: --amp (bfloat16 autocast), --compile, on CUDA cudnn.benchmark and channels_last.
-Samples (grids, --generate, latent walks, the quality figure) come from an exponential moving
-average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), a departure from the
-paper that changes no training step (--ema 0: each G itself).
+A step updates every pair once (--critic_repeats D updates, then one G update); an epoch is one pass of D
+over the largest chosen class, and a smaller class starts its next pass early. Defaults: DCGAN's (Adam lr
+2e-4, beta1 0.5, z of size 100, --hidden_dim 64, 32 x 32), but 64 images per pair and step, not 128
+(--batch 128 gives DCGAN's): the pairs step one after the other, each on a tenth of the data, and at 64
+each makes twice the steps in the same time (README: after 8 minutes of a 2-core CPU, FID 35 at 64,
+while at 128 the in-training figure was still about 300).
+Speed, same maths: --amp (bfloat16 autocast), --compile; on CUDA cudnn.benchmark, and channels_last
+under --amp. Samples (grids, --generate, latent walks, the quality figure) come from a moving average
+of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498): not the paper's, and no training
+step changes (--ema 0: each G itself).
 
 Run folder:
-    OUT/checkpoint.pt           the run, what --resume takes: flags, step, and for each class i
-                                G_i, G_ema_i, D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (its CPU generator)
-    OUT/class_<i>_<name>/       one per pair: samples/, progress.gif, losses.png, interpolation.png,
-                                and generated/ with --generate
+    OUT/checkpoint.pt           what --resume takes: flags, step, and for each class i G_i, G_ema_i,
+                                D_i, opt_g_i, opt_d_i, fixed_z_i, noise_i (its CPU generator)
+    OUT/class_<i>_<name>/       each pair's samples/, progress.gif, losses.png, interpolation.png, generated/
     OUT/samples/epoch_XXXX.png  one row per class; OUT/progress.gif animates them
     OUT/log.csv, OUT/losses.png loss_d_<i> and loss_g_<i> for every class
 
@@ -72,18 +67,17 @@ def build_parser():
     )
     dcgan = dict(lr=2e-4, hidden_dim=64, critic_repeats=1)  # DCGAN's defaults
     common.add_common_flags(parser, "dcgan_classwise", **dcgan, batch=64, datasets=LABELLED)
-    batch = parser._option_string_actions["--batch"]
-    batch.help = (
+    actions = parser._option_string_actions  # two common flags that mean "per pair" here
+    actions["--batch"].help = (
         "batch size of each pair, per process (default 64; DCGAN's 128 is over every class); under "
         "torchrun N processes train each pair on N x batch images per step, at the same --lr"
     )
+    actions["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")
     p("--arch", choices=("conv", "linear"), default="conv", help="paper's nets or linDCGAN (default conv)")
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, the paper's)")
-    generate = parser._option_string_actions["--generate"]
-    generate.help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
     common.add_speed_flags(parser)
     return parser
 
@@ -214,16 +208,14 @@ class Pair:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.zdim, self.noise = args.zdim, torch.Generator().manual_seed(args.seed * 1000 + c)
         self.fixed_z = torch.randn(64, args.zdim, generator=self.noise).to(run.device)  # alike everywhere
-        if images is not None:  # training, not --generate
+        if images is not None:  # training (not --generate): read on from the run's count of batches
             self.data = common.TensorBatches(images, args.batch, run.device, args.seed)
-            # the pairs draw in step: each has drawn as many batches as the run counts
             self.reader = common.BatchReader(self.data, run.batches_done, run.memory_format)
 
     def things(self):
         """What the run's checkpoint holds of this pair, each name ending in its class."""
-        mine = dict(G=self.G, G_ema=self.G_ema, D=self.D, opt_g=self.opt_g, opt_d=self.opt_d)
-        mine.update(noise=self.noise, fixed_z=self.fixed_z)
-        return {f"{name}_{self.c}": thing for name, thing in mine.items()}
+        names = ("G", "G_ema", "D", "opt_g", "opt_d", "noise", "fixed_z")
+        return {f"{name}_{self.c}": getattr(self, name) for name in names}
 
     def z(self, n):
         """n latent vectors from the pair's own noise (under torchrun, this process's share)."""
@@ -277,10 +269,8 @@ def train(args):
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew
             run.step_done(sum(p.data.batch for p in pairs) * args.critic_repeats, **losses)
     run.finish([[f"loss_d_{p.c}", f"loss_g_{p.c}"] for p in pairs], title=SCRIPT, walk=False)
-    if not run.main:  # under torchrun, rank 0 writes
-        return {p.c: (p.G, p.D) for p in pairs}
     ends = torch.randn(2, 8, args.zdim, generator=torch.Generator().manual_seed(args.seed + 1)).to(run.device)
-    for p in pairs:  # each pair's own loss plot and latent walk, beside its grids and GIF
+    for p in pairs if run.main else []:  # each pair's own loss plot and latent walk (rank 0 writes)
         loss_keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
         common.plot_losses(run.out, loss_keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
         walk = sample(p.G_ema, common.interpolation_latents(ends[0], ends[1], 10))

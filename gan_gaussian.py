@@ -85,7 +85,7 @@ def build_parser():
     p("--out", default="runs/gan_gaussian", help="run folder (default runs/gan_gaussian)")
     p("--seed", type=int, default=0, help="seeds torch, numpy and python (default 0)")
     p("--max_steps", type=common.positive_int, default=None, help="stop after N generator updates")
-    p("--resume", default=None, help="checkpoint to continue from exactly where it stopped")
+    p("--resume", default=None, help="checkpoint to continue from (its flags, but this run's --device)")
     p(
         "--generate",
         type=common.positive_int,
@@ -229,9 +229,9 @@ class NormalSamples:
 
     def batches(self, epoch, start=0):
         shuffle = torch.Generator().manual_seed(self.seed * 100_003 + epoch)  # a function of (seed, epoch)
-        order = torch.randperm(len(self.points), generator=shuffle)
+        order = torch.randperm(len(self.points), generator=shuffle).to(self.points.device)  # once an epoch
         for j in range(start, len(self)):
-            yield self.points[order[j * self.batch : (j + 1) * self.batch].to(self.points.device)]
+            yield self.points[order[j * self.batch : (j + 1) * self.batch]]
 
 
 def train(args):
