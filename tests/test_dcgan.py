@@ -158,7 +158,9 @@ def test_resume_is_exact(mnist_root, tmp_path):
     base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--log_every", "1"]
     G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
     dcgan.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
-    G2, D2 = dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    G2, D2 = dcgan.main(
+        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--device", "cpu", "--max_steps", "4"]
+    )
     assert_same_weights((G1, G2), (D1, D2))
     rows = (tmp_path / "b" / "log.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
@@ -170,14 +172,18 @@ def test_resume_is_exact_on_an_image_folder(folder_root, tmp_path):
     base += ["--image_size", "16", "--log_every", "1"]
     G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
     dcgan.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "2"])
-    G2, D2 = dcgan.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    G2, D2 = dcgan.main(
+        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--device", "cpu", "--max_steps", "4"]
+    )
     assert_same_weights((G1, G2), (D1, D2))
 
 
 def test_beta1_given_with_resume_is_the_one_the_optimizers_use(mnist_root, tmp_path):
     base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path)]
     dcgan.main([*base, "--max_steps", "1"])
-    dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--beta1", "0.9", "--max_steps", "2"])
+    dcgan.main(
+        ["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--beta1", "0.9", "--max_steps", "2"]
+    )
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2 and ckpt["args"]["beta1"] == 0.9
     for opt in ("opt_g", "opt_d"):
@@ -186,7 +192,7 @@ def test_beta1_given_with_resume_is_the_one_the_optimizers_use(mnist_root, tmp_p
 
 def test_generate_writes_n_pngs(mnist_root, tmp_path):
     dcgan.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--max_steps", "1"])
-    dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "7"])
+    dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--generate", "7"])
     files = sorted((tmp_path / "generated").glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(7)]
     assert all(Image.open(f).size == (32, 32) for f in files)
@@ -206,10 +212,10 @@ def test_checkpoint_with_other_shapes_is_refused(mnist_root, tmp_path):
     )
     ckpt = str(tmp_path / "checkpoint.pt")
     with pytest.raises(SystemExit) as e:
-        dcgan.main(["--resume", ckpt, "--arch", "linear"])
+        dcgan.main(["--resume", ckpt, "--device", "cpu", "--arch", "linear"])
     assert "--arch conv" in str(e.value) and "--arch linear" in str(e.value) and "dcgan.py" in str(e.value)
     with pytest.raises(SystemExit) as e:
-        dcgan.main(["--resume", ckpt, "--image_size", "32"])
+        dcgan.main(["--resume", ckpt, "--device", "cpu", "--image_size", "32"])
     assert "--image_size 16" in str(e.value)
 
 
@@ -219,7 +225,7 @@ def test_checkpoint_from_another_script_is_refused(mnist_root, tmp_path):
     other = ["--data_root", mnist_root, "--out", str(tmp_path), "--max_steps", "1", "--hidden_dim", "8"]
     gan_mnist.main([*other, "--device", "cpu"])
     with pytest.raises(SystemExit) as e:
-        dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--max_steps", "2"])
+        dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--max_steps", "2"])
     assert "written by gan_mnist.py" in str(e.value) and "not by dcgan.py" in str(e.value)
     assert "--hidden_dim 8" in str(e.value)
 
@@ -236,8 +242,9 @@ def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_pat
     base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path)]
     dcgan.main([*base, "--max_steps", "2"])
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    resume = ["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu"]
     with pytest.raises(SystemExit, match=r"became .* at step \d+"):
-        dcgan.main(["--resume", str(tmp_path / "checkpoint.pt"), "--lr", "1e38", "--max_steps", "60"])
+        dcgan.main([*resume, "--lr", "1e38", "--max_steps", "60"])
     kept = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert kept["step"] == 2 and all(torch.equal(good["G"][k], v) for k, v in kept["G"].items())
 

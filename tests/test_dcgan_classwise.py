@@ -140,7 +140,9 @@ def test_resume_is_exact_for_every_pair(mnist_root, tmp_path, critic_repeats):
     base += ["--critic_repeats", critic_repeats]
     full = cw.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
     cw.main([*base, "--out", str(tmp_path / "b"), "--max_steps", "3"])
-    resumed = cw.main(["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4"])
+    resumed = cw.main(
+        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--device", "cpu", "--max_steps", "4"]
+    )
     for c in (2, 7):
         for one, two in zip(full[c], resumed[c]):
             assert same(one.state_dict(), two.state_dict()), c
@@ -179,6 +181,8 @@ def test_optimizer_flags_given_with_resume_are_the_ones_used_afterwards(mnist_ro
             [
                 "--resume",
                 str(tmp_path / "checkpoint.pt"),
+                "--device",
+                "cpu",
                 "--lr",
                 "0.003",
                 "--beta1",
@@ -199,7 +203,7 @@ def test_generate_writes_n_per_class(mnist_root, tmp_path):
     cw.main(
         ["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "4,8", "--max_steps", "1"]
     )
-    cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--generate", "5"])
+    cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--generate", "5"])
     for folder in ("class_4_4", "class_8_8"):
         files = sorted((tmp_path / folder / "generated").glob("*.png"))
         assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
@@ -220,7 +224,7 @@ def test_refusals(mnist_root, tmp_path, capsys):
         assert e.value.code == 2 and "--classes" in capsys.readouterr().err
     cw.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "1", "--max_steps", "1"])
     with pytest.raises(SystemExit) as e:
-        cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--classes", "1,2"])
+        cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--classes", "1,2"])
     assert (
         "--classes 1;" in str(e.value)
         and "--classes 1,2" in str(e.value)
@@ -232,8 +236,9 @@ def test_nonfinite_loss_stops_with_step_and_keeps_the_checkpoint(mnist_root, tmp
     base = ["--data_root", mnist_root, *SMALL, "--classes", "0,5", "--out", str(tmp_path)]
     cw.main([*base, "--max_steps", "2"])
     good = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    resume = ["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu"]
     with pytest.raises(SystemExit, match=r"loss_._\d became .* at step \d+"):
-        cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--lr", "1e38", "--max_steps", "60"])
+        cw.main([*resume, "--lr", "1e38", "--max_steps", "60"])
     kept = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert kept["step"] == 2 and all(same(good[f"G_{c}"], kept[f"G_{c}"]) for c in (0, 5))
 
