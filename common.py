@@ -372,8 +372,8 @@ def set_rng_state(state, device=torch.device("cpu")):
 def cuda_bf16(device, capability=None):
     """Whether the CUDA GPU `device` computes in bfloat16 natively: compute capability 8.0 (Ampere)
     or later. capability: (major, minor), read from `device` itself when not given. (Not
-    torch.cuda.is_bf16_supported: its including_emulation keyword is newer than torch 2.2, and
-    without it, it says yes where bfloat16 is only emulated.)"""
+    torch.cuda.is_bf16_supported: it answers for the current GPU, and without its including_emulation
+    keyword, which older torch lacks, it says yes where bfloat16 is only emulated.)"""
     if capability is None:
         capability = torch.cuda.get_device_capability(device)
     return tuple(capability) >= (8, 0)
@@ -502,11 +502,9 @@ def start_processes(device):
     elif device.type != "cpu":
         fail(f"--device {device}: torchrun trains on CUDA GPUs (NCCL) or the CPU (gloo), not {device.type}")
     backend = "nccl" if device.type == "cuda" else "gloo"
-    init = torch.distributed.init_process_group
-    if device.type == "cuda" and "device_id" in inspect.signature(init).parameters:  # torch 2.3 and later
-        init(backend, timeout=PROCESS_GROUP_TIMEOUT, device_id=device)  # NCCL knows its GPU from the start
-    else:
-        init(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    # no device_id= (torch 2.3 and later): set_device above already gives NCCL this process's GPU, and
+    # with device_id NCCL can hang in torch 2.6 to 2.7.0 (pytorch#153960)
+    torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
     return device
 
 
@@ -1390,7 +1388,8 @@ class Run:
     def end(self):
         """Under torchrun: wait for every process (rank 0 writes last), then leave the process group."""
         if self.processes > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
+            # on the CPU group: an NCCL barrier, not told the GPU by device_id, warns or guesses it
+            torch.distributed.barrier(self.control)
             if self.owns_group:  # a group made by the caller (e.g. a benchmark's many runs) stays
                 torch.distributed.destroy_process_group()
 

@@ -82,14 +82,14 @@ def test_a_gpu_checkpoint_resumes_generates_and_evaluates_on_the_cpu(gpu_checkpo
     assert result["n_fake"] == 24 and result["fid"] > 0
 
 
-# -- 2 and 6. bfloat16 from the training GPU's compute capability, on torch 2.2 too ------------------------
+# -- 2 and 6. bfloat16 from the training GPU's compute capability, on older torch too ---------------------
 def test_bf16_is_native_from_compute_capability_8_of_the_training_gpu(float32_unless_asked, monkeypatch):
     native_bf16 = float32_unless_asked  # the real one (conftest makes the others run float32)
     assert not common.cuda_bf16(torch.device("cuda"), capability=(7, 5))  # T4
     assert not common.cuda_bf16(torch.device("cuda"), capability=(7, 0))  # V100
     assert common.cuda_bf16(torch.device("cuda"), capability=(8, 0))  # A100
     assert common.cuda_bf16(torch.device("cuda"), capability=(9, 0))  # H100
-    # torch 2.2's is_bf16_supported has no including_emulation keyword; GPU 0 a T4, GPU 3 an A100
+    # an older torch's is_bf16_supported has no including_emulation keyword; GPU 0 a T4, GPU 3 an A100
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d: {0: (7, 5), 3: (8, 0)}[d.index])
     assert native_bf16(torch.device("cuda", 3)) and not native_bf16(torch.device("cuda", 0))
@@ -108,28 +108,24 @@ def test_cuda_n_without_torchrun_becomes_the_current_device(monkeypatch):
     assert made_current == [torch.device("cuda", 3)]
 
 
-@pytest.mark.parametrize("has_device_id", [True, False])
-def test_torchrun_passes_device_id_where_torch_has_it(has_device_id, monkeypatch):
-    """torch 2.3 added init_process_group(device_id=...); on torch 2.2 it must not be passed."""
+def test_torchrun_makes_its_gpu_current_before_joining_nccl(monkeypatch):
+    """No device_id= for init_process_group (a torch 2.3 keyword that can hang NCCL in 2.6 to 2.7.0):
+    set_device(cuda:LOCAL_RANK) comes first, so NCCL and the barriers use this process's GPU."""
     calls = []
-
-    def init_2_3(backend, timeout=None, device_id=None):
-        calls.append(dict(backend=backend, device_id=device_id))
-
-    def init_2_2(backend, timeout=None):
-        calls.append(dict(backend=backend))
-
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.distributed, "init_process_group", init_2_3 if has_device_id else init_2_2)
-    assert common.start_processes(torch.device("cuda")) == torch.device("cuda", 1)
-    expected = (
-        dict(backend="nccl", device_id=torch.device("cuda", 1)) if has_device_id else dict(backend="nccl")
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda *a, **kw: calls.append(("init", a, kw))
     )
-    assert calls == [expected]
+    assert common.start_processes(torch.device("cuda")) == torch.device("cuda", 1)
+    expected = [
+        ("set_device", torch.device("cuda", 1)),
+        ("init", ("nccl",), dict(timeout=common.PROCESS_GROUP_TIMEOUT)),
+    ]
+    assert calls == expected
 
 
 # -- 3. --compile with --sync_bn ------------------------------------------------------------------------
