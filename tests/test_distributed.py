@@ -80,7 +80,7 @@ def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mn
         assert torch.equal(tensor, saved["G" if "G" in a else "G_1"][key])
     alone = subprocess.run(
         [sys.executable, str(WORKER), name, str(tmp_path / "one"), "--resume", str(checkpoint)]
-        + ["--max_steps", str(saved["step"] + 1), "--device", "cpu", "--out", "run"],
+        + ["--max_steps", str(saved["step"] + 1), "--device", "cpu", "--no-amp", "--out", "run"],
         capture_output=True,
         text=True,
         env=ENV,

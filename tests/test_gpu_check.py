@@ -1,0 +1,37 @@
+"""benchmarks/gpu_check.py runs green on the CPU at a tiny size, so it is known to work before a GPU is at
+hand, and a failing row is reported with its error line and a non-zero exit."""
+
+import json
+import sys
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+def test_gpu_check_on_the_cpu_passes_every_row_and_records_them(tmp_path, capsys):
+    code = gpu_check.main(["--device", "cpu", "--results", str(tmp_path)])
+    table = capsys.readouterr().out
+    record = json.loads((tmp_path / "gpu_check.jsonl").read_text())
+    rows = {(r["script"], r["variant"]): r for r in record["rows"]}
+    failed = [r for r in record["rows"] if r["result"] != "passed"]
+    assert code == 0 and not failed, failed
+    for script in gpu_check.SCRIPTS:
+        for variant in ("defaults", "--resume", "--generate"):
+            assert (script, variant) in rows
+        assert rows[(script, "defaults")]["images_per_s"] > 0
+    assert ("gan_mnist", "--compile") in rows
+    assert ("evaluate.py", "dcgan checkpoint") in rows and ("throughput.py", "dcgan, wgan_gp") in rows
+    assert record["kind"] == "gpu_check" and record["machine"]["device"] == "cpu"
+    assert "| dcgan | --resume |" in table
+
+
+def test_a_failing_row_is_reported_with_its_error(tmp_path, capsys):
+    code = gpu_check.main(
+        ["--device", "cpu", "--scripts", "dcgan", "--steps", "0", "--results", str(tmp_path)]
+    )
+    record = json.loads((tmp_path / "gpu_check.jsonl").read_text())
+    dcgan = [r for r in record["rows"] if r["script"] == "dcgan" and r["variant"] == "defaults"][0]
+    assert code == 1
+    assert "--max_steps" in dcgan["result"]  # the script's own one-line message naming the flag
