@@ -62,7 +62,10 @@ def machine_label(machine):
     """'AMD EPYC 9B14, 2 cores' or 'NVIDIA H100, torch 2.14.1': what a table prints per row."""
     if machine.get("gpu"):
         return f"{machine['gpu']}"
-    return f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores"
+    cpu = machine.get("cpu", "?")
+    for mark in ("(R)", "(TM)", " Processor", " CPU"):  # "Intel(R) Xeon(R) Processor": "Intel Xeon"
+        cpu = cpu.replace(mark, "")
+    return f"{cpu.strip()}, {machine.get('cores', '?')} cores"
 
 
 def git_commit():

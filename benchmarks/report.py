@@ -163,7 +163,20 @@ def block_summary(rs, base):
 
 def block_results(rs, script, base):
     if script == "gan_gaussian":
-        return block_kind(rs, "gaussian", script, base)
+        parts = [block_kind(rs, "gaussian", script, base)]
+        shown = next(
+            (r for r in newest_first(of(rs, "gaussian", script)) if r.get("grid") and not r.get("flags")),
+            None,
+        )
+        if shown:  # the newest default run's distribution plot: what the code of that commit makes
+            path = shown["grid"].removeprefix("docs/") if base.startswith("docs/") else shown["grid"]
+            parts.append(
+                f"![gan_gaussian, real against generated, newest run with default flags]({path})\n\n"
+                f"The real training samples and 10,000 generated ones after the newest default run: "
+                f"{num(shown.get('steps'))} steps, {shown['date']}, {machine(shown)}, commit "
+                f"{shown.get('commit', 'unknown')}."
+            )
+        return "\n\n".join(parts)
     runs = newest_first([r for r in of(rs, "quality", script)])
     head = [
         "minutes",
