@@ -421,10 +421,18 @@ def strip_runs(rs):
 
 
 def block_strip(rs, base):
-    parts = [", ".join(f"{s} {r['budget_min']:g} min ({r['date']})" for s, r in strip_runs(rs).items())]
+    runs = strip_runs(rs)
+    machines = sorted({machine(r) for r in runs.values()})
+    each = len(machines) > 1  # one machine: said once; several: per row
+    rows = ", ".join(
+        f"{s} {r['budget_min']:g} min ({r['date']}{', ' + machine(r) if each else ''})"
+        for s, r in runs.items()
+    )
+    on = "" if each else f" on {machines[0]}" if machines else ""
     rel = "images/report/strip.png" if base.startswith("docs/") else f"{IMAGES}/strip.png"
     return (
-        f"![samples, one row per model]({rel})\n\nDefault flags on the CPU, 4,000 MNIST digits: {parts[0]}."
+        f"![samples, one row per model]({rel})\n\nThe last grid of each model's newest run with default "
+        f"flags, trained by `benchmarks/quality.py` on 4,000 real MNIST digits{on}: {rows}."
     )
 
 
