@@ -225,8 +225,8 @@ def add_speed_flags(parser, compile_help=None):
         action=on_off,
         default=False,
         help="under torchrun on GPUs: BatchNorm normalizes over the whole global batch (SyncBatchNorm, "
-        "one all-reduce per BatchNorm layer and pass). Default off: each process normalizes its own "
-        "batch, as one process with --batch does. Not with --compile",
+        "one all-gather per BatchNorm layer and pass, each a wait of the CPU for the GPU). Default off: "
+        "each process normalizes its own batch, as one process with --batch does. Not with --compile",
     )
 
 
@@ -1017,6 +1017,12 @@ def ema_update(average, net, decay, step):
         a.copy_(b)
 
 
+def checksum(t):
+    """The integer sum of a tensor's float32 bit patterns: equal exactly when the values are, whatever
+    the order a device sums in (a float sum of the same weights can differ between two GPU models)."""
+    return t.detach().float().view(torch.int32).sum(dtype=torch.int64)
+
+
 def pinned(device):
     """Whether a tensor drawn on the CPU at each step goes to `device` from page-locked memory and
     without blocking: on a CUDA GPU, so the CPU queues on, where a copy from pageable memory would
@@ -1184,14 +1190,14 @@ class Run:
         save_checkpoint(self.out / "checkpoint.pt", {**states, **made})
 
     def _check_same_weights(self, states):
-        """Every process must hold the same weights: compare a sum of each tensor across them."""
+        """Every process must hold the same weights: compare a checksum of each tensor across them."""
         tensors = [
             t for name, thing in self.things.items() if isinstance(thing, torch.nn.Module)
             for t in states[name].values() if t.is_floating_point()
         ]  # fmt: skip
         if not tensors:
             return
-        sums = torch.stack([t.double().sum() for t in tensors])
+        sums = torch.stack([checksum(t) for t in tensors])
         low, high = sums.clone(), sums.clone()
         torch.distributed.all_reduce(low, torch.distributed.ReduceOp.MIN)
         torch.distributed.all_reduce(high, torch.distributed.ReduceOp.MAX)

@@ -197,8 +197,8 @@ class Pair:
         self.name = f"class_{c}_{common.CLASS_NAMES[args.dataset][c]}"
         if images is not None and len(images) == 0:
             common.fail(f"--classes: {args.dataset} in {args.data_root} has no images of class {c}")
-        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
-            torch.manual_seed(args.seed * 1000 + c)
+        with torch.random.fork_rng(devices=[]):  # the CPU generator is left as it was, the GPU's untouched
+            torch.random.default_generator.manual_seed(args.seed * 1000 + c)
             G = Generator(args.zdim, args.hidden_dim, args.image_size, channels, args.arch)
             D = Discriminator(args.hidden_dim, args.image_size, channels, args.arch)
         self.G, self.D = (net.to(run.device, memory_format=run.memory_format) for net in (G, D))

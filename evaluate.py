@@ -257,9 +257,10 @@ def train_classifier(dataset, root, epochs=None, seed=0):
         about = f"the {len(held[0]):,} test images"
     epochs = epochs or min(30, max(2, round(60_000 / len(images))))
     start = time.perf_counter()
-    # init and dropout draw from the global generator: forked, so the caller's stream stays as it was
+    # init and dropout draw from the global CPU generator: forked, so the caller's stream stays as it was
+    # (the CPU's alone: torch.manual_seed would also reseed a training GPU's generator mid-run)
     with torch.random.fork_rng(devices=[]), one_thread():
-        torch.manual_seed(seed)
+        torch.random.default_generator.manual_seed(seed)
         net = Classifier(images.shape[1], CLASSIFIER_SIZE[dataset], CLASSES)
         opt = torch.optim.Adam(net.parameters(), lr=1e-3)
         shuffle = torch.Generator().manual_seed(seed)

@@ -189,11 +189,14 @@ def d_step(G, D, opt_d, real, z):
 
 
 def g_step(G, D, opt_g, z, kind):
-    """Descend G's objective through D; D's parameters get gradients but only opt_g steps."""
+    """Descend G's objective through D, D frozen: the gradient flows through D to G, and D's weights
+    get none (under torchrun none is computed and sent, only to be thrown away)."""
+    D.requires_grad_(False)
     loss = generator_loss(D(G(z)), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
+    D.requires_grad_(True)
     return loss
 
 

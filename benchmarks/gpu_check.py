@@ -24,6 +24,7 @@ import contextlib
 import csv
 import importlib
 import io
+import os
 import subprocess
 import sys
 import tempfile
@@ -200,8 +201,13 @@ def main(argv=None):
     opts.scripts = [s.strip() for s in opts.scripts.split(",") if s.strip()]
     if opts.steps is None:
         opts.steps = 3 if opts.device == "cpu" else 50
-    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp, contextlib.chdir(tmp):
-        rows = check(opts, Path(tmp))
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        os.chdir(tmp)  # the runs' relative outputs land in tmp (contextlib.chdir is Python 3.11+)
+        try:
+            rows = check(opts, Path(tmp))
+        finally:
+            os.chdir(here)
     print(table(rows))
     record = records.new_record("gpu_check", opts.device, script="all", steps=opts.steps, rows=rows)
     print(f"\nrecord appended to {records.append(record, opts.results)}")

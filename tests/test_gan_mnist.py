@@ -63,6 +63,8 @@ def test_g_step_leaves_discriminator_unchanged():
     g_before = [p.clone() for p in G.parameters()]
     gan_mnist.g_step(G, D, opt_g, torch.randn(16, 8), "nonsaturating")
     assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())
+    assert all(p.grad is None for p in D.parameters())  # frozen: none computed (none sent under DDP)
+    assert all(p.requires_grad for p in D.parameters())  # and trainable again for its own step
     assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters(), strict=True))
 
 

@@ -246,3 +246,29 @@ def test_channels_last_only_for_conv_nets_under_bfloat16_autocast_on_cuda(monkey
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
     no_amp = argparse.Namespace(amp=False, deterministic=False)
     assert common.setup_backends(cuda, no_amp) is torch.contiguous_format
+
+
+# -- what a careful read found after items 1-8 ------------------------------------------------------------
+def test_the_quality_classifier_leaves_a_training_gpus_generator_alone(mnist_root, monkeypatch):
+    """Training the evaluation classifier mid-run (the first run on a data set) seeds the CPU's
+    generator inside a fork: torch.manual_seed would also reseed every GPU's, and a --seed run on a GPU
+    would draw other noise than the same command once the classifier is cached. So would a
+    dcgan_classwise pair's initialisation."""
+    args = common.parse_args(dcgan_classwise.build_parser(), [*SMALL, "--device", "cpu", "--classes", "3"])
+    run = common.Run(args, dcgan_classwise.SCRIPT, dcgan_classwise.SHAPE_FLAGS)  # seeds all, at its start
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    evaluate.train_classifier("mnist", mnist_root, epochs=1)
+    dcgan_classwise.Pair(run, 3, 1)
+    assert reseeded == []
+
+
+def test_the_weights_checksum_is_exact_and_free_of_summation_order():
+    """The processes compare one checksum per tensor: the same for the same values summed in any order
+    (a GPU model's reduction order), different when a single bit of one weight differs."""
+    w = torch.randn(1000) * torch.logspace(-8, 8, 1000)
+    assert torch.equal(common.checksum(w), common.checksum(w[torch.randperm(1000)]))
+    assert torch.equal(common.checksum(w), common.checksum(w.view(10, 100).t()))  # any layout too
+    flipped = w.clone()
+    flipped.view(torch.int32)[500] ^= 1  # the last bit of one weight
+    assert not torch.equal(common.checksum(w), common.checksum(flipped))
