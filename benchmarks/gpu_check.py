@@ -9,7 +9,8 @@ benchmarks/throughput.py on the GPU, and, when more than one GPU is visible, dcg
 torchrun on all of them. gan_gaussian runs a short default run too (it trains on the CPU unless told).
 It prints one table (script, variant, images/s, ms per generator step, passed or the first error
 line) and appends it to results/gpu_check.jsonl as one record, which benchmarks/report.py renders in
-docs/speed.md. The exit code is 1 when any row failed. No network: the data are synthetic MNIST-format
+docs/speed.md. The exit code is 1 when any row failed; 2, with no table and no record, when
+--device names CUDA on a machine without it. No network: the data are synthetic MNIST-format
 files in a temporary folder (--data_root DIR for real ones).
 
     python benchmarks/gpu_check.py --device cpu --results /tmp/r     # the same path, tiny, on a CPU
@@ -201,6 +202,12 @@ def main(argv=None):
     opts.scripts = [s.strip() for s in opts.scripts.split(",") if s.strip()]
     if opts.steps is None:
         opts.steps = 3 if opts.device == "cpu" else 50
+    import torch
+
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():  # no table, no record
+        print(f"gpu_check: --device {opts.device}: CUDA is not available on this machine (--device cpu "
+              "runs the same path at a tiny size)", file=sys.stderr)  # fmt: skip
+        return 2
     here = os.getcwd()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         os.chdir(tmp)  # the runs' relative outputs land in tmp (contextlib.chdir is Python 3.11+)

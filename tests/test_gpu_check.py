@@ -4,6 +4,7 @@ hand, and a failing row is reported with its error line and a non-zero exit."""
 import json
 import sys
 
+import torch
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -35,3 +36,11 @@ def test_a_failing_row_is_reported_with_its_error(tmp_path, capsys):
     dcgan = [r for r in record["rows"] if r["script"] == "dcgan" and r["variant"] == "defaults"][0]
     assert code == 1
     assert "--max_steps" in dcgan["result"]  # the script's own one-line message naming the flag
+
+
+def test_without_a_gpu_it_stops_at_once_and_records_nothing(tmp_path, monkeypatch, capsys):
+    """No GPU table unless a GPU ran it: --device cuda on a machine without one writes no record."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    assert gpu_check.main(["--device", "cuda", "--results", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "gpu_check.jsonl").exists()
