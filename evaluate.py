@@ -205,12 +205,25 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def full_float32():
+    """cuDNN's convolutions in full float32 (on Ampere and later GPUs PyTorch lets them round to TF32 by
+    default, about 1e-3 relative): the classifier's features on a GPU are then the CPU's, to float32
+    rounding, and so are the FIDs made of them."""
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
 @torch.no_grad()
 def classifier_outputs(net, images, batch=1000):
     """Penultimate features (N x 128) and class probabilities of images, on the network's device."""
     device = next(net.parameters()).device
     feats, probs = [], []
-    with one_thread():
+    with one_thread(), full_float32():
         for chunk in images.split(batch):
             h = net.features(to_input(chunk.to(device), net.size))
             feats.append(h.cpu())

@@ -272,3 +272,15 @@ def test_the_weights_checksum_is_exact_and_free_of_summation_order():
     flipped = w.clone()
     flipped.view(torch.int32)[500] ^= 1  # the last bit of one weight
     assert not torch.equal(common.checksum(w), common.checksum(flipped))
+
+
+def test_the_quality_classifier_computes_in_full_float32_on_a_gpu():
+    """cuDNN may round float32 convolutions to TF32 on a GPU (PyTorch's default): the classifier's
+    features, and so every FID, would then differ from the CPU's. It turns that off while it runs and
+    gives the caller's setting back."""
+    net = evaluate.Classifier(1, 28)
+    seen = []
+    net.features[0].register_forward_pre_hook(lambda *_: seen.append(torch.backends.cudnn.allow_tf32))
+    before = torch.backends.cudnn.allow_tf32
+    evaluate.classifier_outputs(net, torch.zeros(3, 1, 28, 28, dtype=torch.uint8))
+    assert seen == [False] and torch.backends.cudnn.allow_tf32 == before
