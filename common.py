@@ -1273,6 +1273,8 @@ class Run:
         return self
 
     def __exit__(self, *exc):
+        if exc[0] is None:  # the loop ended: Ctrl-C stays a request until end(), through the last save
+            return False  # (under torchrun a process's own signal can come after the others agreed)
         return self._stop.__exit__(*exc)
 
     def running(self):
@@ -1398,6 +1400,8 @@ class Run:
             torch.distributed.barrier(self.control)
             if self.owns_group:  # a group made by the caller (e.g. a benchmark's many runs) stays
                 torch.distributed.destroy_process_group()
+        if getattr(self, "_stop", None):  # Ctrl-C and SIGTERM as they were before the run
+            self._stop.__exit__(None, None, None)
 
     # -- --generate ------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ version), never for the function under test."""
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -284,3 +285,36 @@ def test_the_quality_classifier_computes_in_full_float32_on_a_gpu():
     before = torch.backends.cudnn.allow_tf32
     evaluate.classifier_outputs(net, torch.zeros(3, 1, 28, 28, dtype=torch.uint8))
     assert seen == [False] and torch.backends.cudnn.allow_tf32 == before
+
+
+def test_a_signal_during_the_last_save_is_a_stop_request_not_an_interrupt(
+    mnist_root, tmp_path, monkeypatch, capsys
+):
+    """Under torchrun the agent sends each process its own SIGINT, one after another: a process can
+    get its own after the processes have agreed to stop and left the loop, while they save together.
+    It must stay a request (as under the loop), not interrupt that save with KeyboardInterrupt. Here
+    one process gets its signal as finish() begins; the caller's handler is back afterwards."""
+    callers = []
+
+    def callers_handler(*_):
+        callers.append("SIGINT")
+
+    previous = signal.signal(signal.SIGINT, callers_handler)
+    try:
+        finish = common.Run.finish
+
+        def finish_after_a_late_signal(run, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            return finish(run, *args, **kwargs)
+
+        monkeypatch.setattr(common.Run, "finish", finish_after_a_late_signal)
+        dcgan.main(
+            ["--data_root", mnist_root, *SMALL, "--device", "cpu", "--max_steps", "2", "--out", str(tmp_path)]
+        )
+        after = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    out = capsys.readouterr().out
+    assert callers == [] and "Ctrl-C: finishing this step" in out and "stopped at step 2" in out
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert after is callers_handler
