@@ -75,6 +75,12 @@ def speed(out):
         return "", ""
 
 
+def row(script, variant, passed=True, error="", images_per_s="", ms_per_step="", seconds=""):
+    """One line of the table: passed, or the first error line."""
+    return dict(script=script, variant=variant, images_per_s=images_per_s, ms_per_step=ms_per_step,
+                seconds=seconds, result="passed" if passed else error)  # fmt: skip
+
+
 def image_script_rows(script, opts, data, tmp, extra):
     out = tmp / script
     steps = str(opts.steps)
@@ -89,17 +95,15 @@ def image_script_rows(script, opts, data, tmp, extra):
     resume = ["--device", opts.device, "--resume", ckpt]
     variants.append(("--resume", [*resume, "--max_steps", str(2 * opts.steps)], out))
     variants.append(("--generate", [*resume, "--generate", "16"], None))
+    expected = 16 * (2 if script == "dcgan_classwise" else 1)  # classwise: 16 per class, 2 classes
     rows = []
     for variant, argv, folder in variants:
         start = time.perf_counter()
         passed, error = run_main(script, argv)
         ips, ms = speed(folder) if folder and passed else ("", "")
-        expected = 16 * (2 if script == "dcgan_classwise" else 1)  # classwise: 16 per class, 2 classes
         if variant == "--generate" and passed and len(list(out.glob("**/generated/*.png"))) != expected:
             passed, error = False, f"--generate did not write {expected} PNG files"
-        seconds = round(time.perf_counter() - start, 1)
-        rows.append(dict(script=script, variant=variant, images_per_s=ips, ms_per_step=ms, seconds=seconds,
-                         result="passed" if passed else error))  # fmt: skip
+        rows.append(row(script, variant, passed, error, ips, ms, round(time.perf_counter() - start, 1)))
     return rows
 
 
@@ -107,11 +111,10 @@ def subprocess_row(script, variant, cmd, timeout):
     start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        result = "passed" if done.returncode == 0 else first_error(done.stderr or done.stdout)
+        passed, error = done.returncode == 0, first_error(done.stderr or done.stdout)
     except subprocess.TimeoutExpired:
-        result = f"timed out after {timeout} s"
-    return dict(script=script, variant=variant, images_per_s="", ms_per_step="",
-                seconds=round(time.perf_counter() - start, 1), result=result)  # fmt: skip
+        passed, error = False, f"timed out after {timeout} s"
+    return row(script, variant, passed, error, seconds=round(time.perf_counter() - start, 1))
 
 
 def check(opts, tmp):
@@ -126,49 +129,32 @@ def check(opts, tmp):
     rows = []
     g_out = tmp / "gan_gaussian"
     passed, error = run_main("gan_gaussian", ["--device", opts.device, "--steps", "200", "--out", str(g_out)])
-    ips, ms = speed(g_out) if passed else ("", "")
-    rows.append(dict(script="gan_gaussian", variant="defaults, 200 steps", images_per_s=ips, ms_per_step=ms,
-                     seconds="", result="passed" if passed else error))  # fmt: skip
+    rows.append(row("gan_gaussian", "defaults, 200 steps", passed, error, *(speed(g_out) if passed else ())))
     for script in opts.scripts:
         rows += image_script_rows(script, opts, data, tmp, tiny)
     ckpt = tmp / "dcgan" / "checkpoint.pt"
     passed, error = run_main(
         "evaluate", [str(ckpt), "--device", opts.device, "--n", "64", "--data_root", str(data)]
     )
-    rows.append(dict(script="evaluate.py", variant="dcgan checkpoint", images_per_s="", ms_per_step="",
-                     seconds="", result="passed" if passed else error))  # fmt: skip
-    bench = [
-        sys.executable,
-        str(Path(__file__).parent / "throughput.py"),
-        "--device",
-        opts.device,
-        "--no-record",
-    ]
-    bench += [
-        "--scripts",
-        "dcgan,wgan_gp",
-        "--warmup",
-        "2",
-        "--steps",
-        "5",
-        "--repeats",
-        "1",
-        "--data_root",
-        str(data),
-    ]
-    bench += ["--batch", "8", "--hidden_dim", "8", "--no-options"] if opts.device == "cpu" else []
+    rows.append(row("evaluate.py", "dcgan checkpoint", passed, error))
+    bench = [sys.executable, str(Path(__file__).parent / "throughput.py"), "--device", opts.device]
+    bench += "--no-record --scripts dcgan,wgan_gp --warmup 2 --steps 5 --repeats 1".split()
+    bench += ["--data_root", str(data)]
+    bench += "--batch 8 --hidden_dim 8 --no-options".split() if opts.device == "cpu" else []
     rows.append(subprocess_row("throughput.py", "dcgan, wgan_gp", bench, opts.timeout))
     gpus = torch.cuda.device_count() if opts.device.startswith("cuda") else 0
     for script in ("dcgan", "wgan_gp") if gpus > 1 else ():
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+        cmd += [str(Path(__file__).resolve().parents[1] / f"{script}.py"), "--data_root", str(data)]
         cmd += [
-            str(Path(__file__).resolve().parents[1] / f"{script}.py"),
-            "--data_root",
-            str(data),
             "--device",
             "cuda",
+            "--no-quality",
+            "--max_steps",
+            str(opts.steps),
+            "--out",
+            str(tmp / f"{script}_torchrun"),
         ]
-        cmd += ["--no-quality", "--max_steps", str(opts.steps), "--out", str(tmp / f"{script}_torchrun")]
         rows.append(subprocess_row(script, f"torchrun, {gpus} GPUs", cmd, opts.timeout))
     return rows
 

@@ -80,18 +80,8 @@ def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mn
     for key, tensor in a["G" if "G" in a else "G_1"].items():  # the checkpoint holds what was trained
         assert torch.equal(tensor, saved["G" if "G" in a else "G_1"][key])
     one = tmp_path / "one"  # one process: this one (a torchrun's checkpoint needs no torchrun to resume)
-    importlib.import_module(name).main(
-        [
-            "--resume",
-            str(checkpoint),
-            "--max_steps",
-            str(saved["step"] + 1),
-            "--device",
-            "cpu",
-            "--out",
-            str(one),
-        ]
-    )
+    argv = ["--resume", str(checkpoint), "--max_steps", str(saved["step"] + 1)]
+    importlib.import_module(name).main([*argv, "--device", "cpu", "--out", str(one)])
     alone = capsys.readouterr().out
     assert f"resumed from {checkpoint} at step {saved['step']}" in alone
     assert "2 processes" not in alone and "steps on cpu\n" in alone
