@@ -412,12 +412,31 @@ def amp_dtype(device, amp, bf16_supported=None):
 
 
 def save_checkpoint(path, state):
-    """Write atomically: a temporary file in the same folder, then a rename."""
+    """Write atomically: a temporary file in the same folder, flushed to the disk, then a rename
+    (and the folder flushed), so a run killed or a machine lost at any moment leaves the old
+    checkpoint or the new one, whole. A failed write removes its temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"rng": rng_state(), **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"rng": rng_state(), **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power loss once the folder is on the disk
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a system without folder descriptors (Windows)
+        return
+    try:
+        os.fsync(folder)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 def load_checkpoint_file(path):
@@ -806,15 +825,23 @@ class RunLog:
         self.total, self.every, self.print_seconds = total_steps, every, print_seconds
         self.first_step = start_step
         self.sums, self.count, self.images = {}, 0, 0
+        self.first_bad = None  # the first step since the last row whose losses were not all finite
         self.elapsed0 = resume_elapsed
         self.start = self.mark = time.perf_counter()
         self.last_print = -math.inf
         self.fields = None
 
-    def add(self, images, **losses):
-        for k, v in losses.items():
-            v = v.detach().float()
+    def add(self, images, step=None, **losses):
+        """One step's losses (device tensors), summed without a sync. With `step`, the first step whose
+        losses are not all finite is kept on the device too, so a stop names that step, not the row's."""
+        values = [v.detach().float() for v in losses.values()]
+        for k, v in zip(losses, values):
             self.sums[k] = self.sums[k] + v if k in self.sums else v
+        if step is not None and values:
+            finite = torch.stack([v.isfinite().all() for v in values]).all()
+            if self.first_bad is None:
+                self.first_bad = torch.full((), math.inf, device=values[0].device)
+            self.first_bad = torch.where(finite, self.first_bad, self.first_bad.clamp(max=step))
         self.count += 1
         self.images += images
 
@@ -826,11 +853,13 @@ class RunLog:
         if self.count == 0 or (step % self.every and not force and step != self.total):
             return None
         keys = list(self.sums)
-        values = torch.stack([self.sums[k] for k in keys]).cpu().tolist()  # the one sync
+        sums = [self.sums[k] for k in keys] + ([self.first_bad] if self.first_bad is not None else [])
+        values = torch.stack(sums).cpu().tolist()  # the one sync
         row = {k: v / self.count for k, v in zip(keys, values)}
         for k, v in row.items():
             if not math.isfinite(v):
-                fail(f"{k} became {v} at step {step}; stopped (the last checkpoint is left as it was)")
+                bad = int(values[-1]) if self.first_bad is not None and math.isfinite(values[-1]) else step
+                fail(f"{k} became {v} at step {bad}; stopped (the last checkpoint is left as it was)")
         now = time.perf_counter()
         rate = self.images / max(now - self.mark, 1e-9)
         row = {
@@ -1303,7 +1332,9 @@ class Run:
         self.step += 1
         if self.processes > 1:
             self._average_buffers()
-        self.log.add(images * self.processes, **losses)  # images/s of all processes; rank 0's losses
+        self.log.add(
+            images * self.processes, self.step, **losses
+        )  # images/s of all processes; rank 0's losses
         epoch, every = self.epoch(), getattr(self.args, "sample_every", None)
         new_epoch, last = epoch > self.last_epoch, not self.running()
         saving = new_epoch or (every and self.step % every == 0)

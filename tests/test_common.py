@@ -135,7 +135,20 @@ def test_atomic_checkpoint_leaves_no_temporary_and_old_file_survives_a_failed_wr
     with pytest.raises(RuntimeError):
         common.save_checkpoint(path, {"step": 2, "bad": Unpicklable()})
     assert torch.load(path, weights_only=False)["step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["checkpoint.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no .checkpoint.pt.tmp left
+
+
+def test_a_checkpoint_is_on_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    """fsync of the temporary file before the rename: after a power loss the rename may survive
+    while unflushed data does not, and the "atomic" checkpoint would be an empty file."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_size)) or real_fsync(fd)
+    )
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", 0)) or real_replace(a, b))
+    common.save_checkpoint(tmp_path / "checkpoint.pt", {"step": 1, "w": torch.ones(1000)})
+    assert [e[0] for e in events][:2] == ["fsync", "replace"]
+    assert events[0][1] == (tmp_path / "checkpoint.pt").stat().st_size  # the whole file was flushed
 
 
 def test_rng_state_round_trip():
