@@ -18,13 +18,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
 SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
-TINY = ["--hidden_dim", "4", "--zdim", "8", "--device", "cpu", "--no-amp", "--no-quality", "--log_every", "1"]
+TINY = ["--hidden_dim", "4", "--zdim", "8", "--device", "cpu", "--no-quality", "--log_every", "1"]
+# bfloat16 autocast (the default where it is native) for half the scripts, float32 for the others
+BF16 = {"gan_mnist", "dcgan_classwise", "wgan_gp"}
 
 
-def script_args(name, data_root, batch=8):
+def script_args(name, data_root, batch=8, amp="--no-amp"):
     size = ["--image_size", "28" if name == "gan_mnist" else "16"]
     classes = ["--classes", "1,4"] if name == "dcgan_classwise" else []
-    return ["--data_root", data_root, *TINY, "--batch", str(batch), *size, *classes, "--out", "run"]
+    return ["--data_root", data_root, *TINY, amp, "--batch", str(batch), *size, *classes, "--out", "run"]
 
 
 def command(name, out, argv, processes=2, freeze=False):
@@ -61,10 +63,12 @@ def start_and_interrupt(cmd, out, after_rows=2, timeout=180):
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mnist_root, tmp_path, capsys):
     """Ctrl-C under torchrun: both processes stop at the same step with the same weights, only
-    rank 0 wrote (rank 1's folder stays empty), and its checkpoint resumes in a single process."""
+    rank 0 wrote (rank 1's folder stays empty), and its checkpoint resumes in a single process.
+    Half the scripts train in bfloat16 autocast, the others in float32."""
     out = tmp_path / "two"
     quality = ["--quality"] if name == "dcgan" else []  # rank 0 alone measures it, the other waits
-    cmd = command(name, out, [*script_args(name, mnist_root), "--epochs", "1000", *quality])
+    amp = "--amp" if name in BF16 else "--no-amp"
+    cmd = command(name, out, [*script_args(name, mnist_root, amp=amp), "--epochs", "1000", *quality])
     proc, output = start_and_interrupt(cmd, out)
     assert output.count("2 processes") == 1, output  # rank 0 alone prints the start line
     assert "stopped at step" in output, output
@@ -76,7 +80,7 @@ def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mn
     assert list((out / "rank1").iterdir()) == []
     checkpoint = out / "rank0" / "run" / "checkpoint.pt"
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["step"] >= 2 and saved["args"]["batch"] == 8
+    assert saved["step"] >= 2 and saved["args"]["batch"] == 8 and saved["args"]["amp"] == (name in BF16)
     for key, tensor in a["G" if "G" in a else "G_1"].items():  # the checkpoint holds what was trained
         assert torch.equal(tensor, saved["G" if "G" in a else "G_1"][key])
     one = tmp_path / "one"  # one process: this one (a torchrun's checkpoint needs no torchrun to resume)
