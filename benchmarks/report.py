@@ -100,6 +100,26 @@ def of(rs, kind, script=None):
     return [r for r in rs if r["kind"] == kind and (script in (None, "all") or r.get("script") == script)]
 
 
+def measured(r):
+    """Made by a benchmark run of a known commit (not transcribed from an older page: those carry a
+    `source` and no commit); only these are shown as current."""
+    return r.get("commit", "unknown") not in ("", "unknown") and "source" not in r
+
+
+def current_day(rs):
+    """(date, machine) of the newest measured 8-minute defaults run: the README's models table, its
+    summary and its strip show runs of that one day and machine only, never figures of other days
+    side by side (machines differ 3-4x in speed from one day to the next)."""
+    runs = [r for r in of(rs, "quality") if measured(r) and not r.get("flags") and r.get("budget_min") == 8]
+    return day(newest_first(runs)[0]) if runs else None
+
+
+def current_run(rs, script, budget):
+    """The newest measured defaults run of `script` at `budget` minutes on the current day and machine."""
+    on = current_day(rs)
+    return defaults_run([r for r in rs if measured(r)], script, budget, on_day=on) if on else None
+
+
 def defaults_run(rs, script, budget, on_day=None, flags_=""):
     """The newest run of `script` with `flags_` (the defaults) at `budget` minutes, on `on_day` if given."""
     for r in newest_first(of(rs, "quality", script)):
@@ -120,11 +140,12 @@ def block_models(rs, base):
     for script in SCRIPTS:
         paper, shows = MODELS[script]
         if script == "gan_gaussian":
-            r = next(iter(newest_first(of(rs, "gaussian", script))), None)
+            runs = [r for r in of(rs, "gaussian", script) if measured(r) and day(r) == current_day(rs)]
+            r = next(iter(newest_first(runs)), None)
             m = r["metrics"] if r else {}
             figure = f"mean {num(m.get('mean'), 3)}, std {num(m.get('std'), 3)}" if r else "-"
         else:
-            r = defaults_run(rs, script, 8)
+            r = current_run(rs, script, 8)
             figure = f"FID {num(r['metrics'].get('fid'))}" if r else "not measured"
         when = f"{r['date']}, {machine(r)}" if r else "-"
         doc = f"docs/{script}.md" if base == "README.md" else f"{script}.md"
@@ -141,13 +162,13 @@ def block_summary(rs, base):
     rows = []
     for script in SCRIPTS[1:]:
         for budget in (8, 30):
-            r = defaults_run(rs, script, budget)
+            r = current_run(rs, script, budget)
             if r:
                 rows.append([f"`{script}.py`", num(budget), *metric_cells(r), num(r.get("steps")),
                              num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
     pairs, seen = [], set()
-    for p in newest_first(of(rs, "public")):
-        ours = defaults_run(rs, ours_for(p), p.get("budget_min"), on_day=day(p)) if ours_for(p) else None
+    for p in newest_first([r for r in of(rs, "public") if measured(r) and day(r) == current_day(rs)]):
+        ours = current_run(rs, ours_for(p), p.get("budget_min")) if ours_for(p) else None
         if ours is None or p["script"] in seen:
             continue
         seen.add(p["script"])
@@ -411,9 +432,12 @@ def grid_cells(path):
 
 def strip_runs(rs):
     """Per image model, the run its strip row shows: the newest defaults run with a grid, 8 minutes first."""
-    chosen = {}
+    chosen, on = {}, current_day(rs)
     for script in SCRIPTS[1:]:
-        runs = [r for r in newest_first(of(rs, "quality", script)) if not r.get("flags") and r.get("grid")]
+        runs = [
+            r for r in newest_first(of(rs, "quality", script))
+            if not r.get("flags") and r.get("grid") and measured(r) and day(r) == on
+        ]  # fmt: skip
         runs.sort(key=lambda r: r.get("budget_min") != 8)  # stable: newest 8-minute run first
         if runs:
             chosen[script] = runs[0]

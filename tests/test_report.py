@@ -72,6 +72,30 @@ def test_a_public_run_is_set_beside_ours_only_from_the_same_day_and_machine():
     assert pairs.index("| PyTorch-GAN wgan_gp.py | 8 | 104.0 |") > ours_row
 
 
+def test_the_front_page_shows_measured_runs_of_one_day_and_machine_only():
+    """The models table, the summary and their public pairs: only records a benchmark made (with a
+    commit), and all of the newest such day and machine; a transcribed figure or another day's
+    run is never set beside them as current."""
+    today, other = dict(commit="abc1234"), dict(commit="def5678", cpu="Intel Xeon")
+    rs = [
+        record("quality", "gan_mnist", "2026-12-06", 40.0, **other),  # the same day, another machine, earlier
+        record("quality", "dcgan", "2026-12-06", 30.1, **today),
+        record("quality", "wgan", "2026-12-06", 50.2, **today),
+        record("quality", "wgan_gp", "2026-12-07", 11.1, commit="unknown", source="README.md at 66873d9"),
+        record("quality", "sn_dcgan", "2026-12-05", 12.5, commit="0123abc"),  # an older day
+        record("public", "PyTorch-GAN wgan.py", "2026-12-06", 90.9, **today),
+        record("public", "PyTorch-GAN dcgan.py", "2026-12-06", 80.8, commit="unknown", source="README"),
+    ]
+    models, summary = report.block_models(rs, "README.md"), report.block_summary(rs, "README.md")
+    for text in (models, summary):
+        assert "30.1" in text and "50.2" in text
+        for figure in ("11.1", "12.5", "40.0", "80.8"):
+            assert figure not in text, figure
+    assert "90.9" in summary and summary.index("ours: `wgan.py`") < summary.index("PyTorch-GAN wgan.py")
+    assert report.current_day(rs) == ("2026-12-06", "AMD EPYC, 2 cores")
+    assert report.current_day(rs[3:5]) == ("2026-12-05", "AMD EPYC, 2 cores")  # transcribed: never current
+
+
 def test_a_lever_is_shown_beside_the_defaults_run_of_its_day():
     rs = [
         record("quality", "wgan", "2026-12-02", 108.5),
