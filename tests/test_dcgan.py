@@ -8,7 +8,8 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, run_script
+from conftest import ROOT, count_steps, run_script
+from helpers_cli import error_line
 from PIL import Image
 
 import common
@@ -154,6 +155,15 @@ def assert_same_weights(*pairs):
             assert torch.equal(a, b), name
 
 
+def test_critic_repeats_d_steps_per_generator_step_across_epoch_boundaries(mnist_root, tmp_path, monkeypatch):
+    # 120 images, batch 16: 7 batches an epoch, so 5 x 3 D steps cross two epoch ends. --no-quality: the
+    # quality figure's classifier, trained on first use, would add optimizer steps of its own
+    argv = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(tmp_path), "--no-quality"]
+    order, drawn = count_steps(dcgan.main, [*argv, "--critic_repeats", "3", "--max_steps", "5"], monkeypatch)
+    assert order == ["D", "D", "D", "G"] * 5
+    assert drawn == [0] * 7 + [1] * 7 + [2]  # a fresh real batch for every D step
+
+
 def test_resume_is_exact(mnist_root, tmp_path):
     base = ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--log_every", "1"]
     G1, D1 = dcgan.main([*base, "--out", str(tmp_path / "a"), "--max_steps", "4"])
@@ -204,7 +214,7 @@ def test_unsupported_image_size_is_refused(size, capsys):
     with pytest.raises(SystemExit) as e:
         dcgan.main(["--image_size", size, "--max_steps", "1", "--device", "cpu"])
     assert e.value.code == 2
-    assert f"--image_size {size}" in capsys.readouterr().err
+    assert "power of two" in error_line(capsys.readouterr().err, f"--image_size {size}")
 
 
 def test_checkpoint_with_other_shapes_is_refused(mnist_root, tmp_path):

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import bar_class, red_class
+from helpers_cli import error_line
 from PIL import Image
 
 import common
@@ -132,6 +133,43 @@ def test_cifar_pairs_see_only_their_class_and_use_its_name(cifar_root, tmp_path,
     assert {p.name for p in tmp_path.glob("class_*")} == {"class_1_car", "class_7_horse"}
 
 
+def test_critic_repeats_d_steps_per_generator_step_of_each_pair_across_epoch_boundaries(
+    mnist_root, tmp_path, monkeypatch
+):
+    """Each pair in turn: 3 D steps, each on a new real batch of its own class, then its G step. 12 images
+    a class in batches of 5: 2 batches a pass, so a pair's 2 x 3 D steps cross two ends of its data."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    events, original = [], common.TensorBatches.batches
+
+    def drawing(self, epoch, start=0):  # each real batch as it is drawn: its images' classes, its pass
+        for x in original(self, epoch, start):
+            events.append(("real", tuple(classes_of(x)), epoch))
+            yield x
+
+    monkeypatch.setattr(common.TensorBatches, "batches", drawing)
+    hook = register_optimizer_step_post_hook(lambda opt, args, kwargs: events.append(opt))
+    argv = ["--data_root", mnist_root, *SMALL, "--batch", "5", "--classes", "2,7", "--out", str(tmp_path)]
+    try:  # --no-quality: the quality figure's classifier, trained on first use, has an optimizer too
+        pairs = cw.main([*argv, "--no-quality", "--critic_repeats", "3", "--max_steps", "2"])
+    finally:
+        hook.remove()
+    stepped = {
+        id(p): (kind, c)
+        for c, nets in pairs.items()
+        for kind, net in zip("GD", nets)
+        for p in net.parameters()
+    }
+    seen = [e if isinstance(e, tuple) else stepped[id(e.param_groups[0]["params"][0])] for e in events]
+    expected = []
+    for step in range(2):
+        for c in (2, 7):
+            for k in range(3 * step, 3 * step + 3):  # the pair's k-th real batch: pass k // 2
+                expected += [("real", (c,) * 5, k // 2), ("D", c)]
+            expected += [("G", c)]
+    assert seen == expected
+
+
 @pytest.mark.parametrize("critic_repeats", ["1", "3"])
 def test_resume_is_exact_for_every_pair(mnist_root, tmp_path, critic_repeats):
     """2 batches per class and a stop after 3 or 9 of them: each pair resumes in the middle of a pass
@@ -213,23 +251,19 @@ def test_generate_writes_n_per_class(mnist_root, tmp_path):
 def test_refusals(mnist_root, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cw.main(["--image_size", "48"])
-    assert e.value.code == 2 and "--image_size 48" in capsys.readouterr().err
+    assert e.value.code == 2 and "power of two" in error_line(capsys.readouterr().err, "--image_size 48")
     with pytest.raises(SystemExit) as e:
         cw.main(["--dataset", "celeba"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "--dataset" in err and "'celeba'" in err
+    assert e.value.code == 2 and "'celeba'" in error_line(capsys.readouterr().err, "--dataset")
     for bad in ("3,12", "3,a", "-1"):
         with pytest.raises(SystemExit) as e:
             cw.main(["--classes", bad])
-        assert e.value.code == 2 and "--classes" in capsys.readouterr().err
+        assert e.value.code == 2 and repr(bad) in error_line(capsys.readouterr().err, "--classes")
     cw.main(["--data_root", mnist_root, *SMALL, "--out", str(tmp_path), "--classes", "1", "--max_steps", "1"])
     with pytest.raises(SystemExit) as e:
         cw.main(["--resume", str(tmp_path / "checkpoint.pt"), "--device", "cpu", "--classes", "1,2"])
-    assert (
-        "--classes 1;" in str(e.value)
-        and "--classes 1,2" in str(e.value)
-        and "dcgan_classwise.py" in str(e.value)
-    )
+    message = error_line(e.value, "--classes 1,2")  # common.fail's one line
+    assert "--classes 1;" in message and "dcgan_classwise.py" in message
 
 
 def test_nonfinite_loss_stops_with_step_and_keeps_the_checkpoint(mnist_root, tmp_path):

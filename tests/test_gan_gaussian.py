@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from helpers_cli import error_line
 
 import common
 import gan_gaussian
@@ -89,7 +90,8 @@ def test_smoke_through_the_entry_point(tmp_path):
 def test_bad_flags_are_refused(argv, flag, capsys):
     with pytest.raises(SystemExit) as e:
         gan_gaussian.main(argv)
-    assert e.value.code == 2 and flag in capsys.readouterr().err
+    assert e.value.code == 2
+    error_line(capsys.readouterr().err, flag)
 
 
 def test_checkpoint_with_other_dims_is_refused(tmp_path):
@@ -117,9 +119,22 @@ def test_checkpoints_each_epoch_so_a_killed_run_can_resume(tmp_path, monkeypatch
 
 
 def test_auto_device_trains_on_the_cpu_even_where_a_gpu_is_visible(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    args = gan_gaussian.build_parser().parse_args(["--out", str(tmp_path / "r")])
-    assert args.device == "auto"
-    run = common.Run(args, gan_gaussian.SCRIPT, gan_gaussian.SHAPE_FLAGS, conv=False, auto_device="cpu")
-    assert run.device == torch.device("cpu")
+    """--device auto (the default, not given here) picks the CPU where any other script would pick the GPU."""
+    picked, real_pick = [], common.pick_device
+
+    def pick_where_a_gpu_is_visible(name):  # pick_device's own logic, on a machine that shows a GPU
+        with monkeypatch.context() as m:  # (only here: torch itself would then try to start CUDA)
+            m.setattr(torch.cuda, "is_available", lambda: True)
+            picked.append((name, real_pick(name)))
+        return picked[-1][1]
+
+    assert pick_where_a_gpu_is_visible("auto") == torch.device("cuda")  # where an image script trains
+    picked.clear()
+    monkeypatch.setattr(common, "pick_device", pick_where_a_gpu_is_visible)
+    try:
+        G, D, *_ = gan_gaussian.main(["--out", str(tmp_path / "r"), "--steps", "3"])
+    finally:  # checked even when main raised: without CUDA, a run that picked it fails on first use
+        assert picked and {device for _, device in picked} == {torch.device("cpu")}, picked
+    assert {p.device for p in (*G.parameters(), *D.parameters())} == {torch.device("cpu")}
+    assert torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["step"] == 3
     assert gan_gaussian.build_parser()._option_string_actions["--device"].help.startswith("auto (= cpu")
