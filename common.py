@@ -9,7 +9,8 @@ Nothing here trains anything: every model file keeps its own networks, losses an
   images through a DataLoader with workers; a clear message when data is missing;
 - output: image grids, GIFs, loss plots, latent interpolation, PNG files for `--generate`,
   a CSV log with a progress line, atomic checkpoints, RNG state, device choice;
-- speed: --amp, --compile and --deterministic; on CUDA cudnn, and channels_last under bfloat16 autocast;
+- speed: --amp, --compile and --deterministic; on CUDA cudnn; channels_last for conv nets on the CPU,
+  and on CUDA under bfloat16 autocast;
 - `Run`: the plumbing of one training run (device and seed, checkpoint check, restore and save,
   the log, Ctrl-C, per-epoch grids, --generate, the closing plots), so that a model file's
   train() shows its algorithm and nothing else. The model hands it what it owns, by name;
@@ -311,11 +312,11 @@ def pick_device(name):
 
 
 def setup_backends(device, args, conv=True):
-    """CUDA only: cudnn.benchmark for conv nets, or repeatable kernels with --deterministic.
+    """CUDA: cudnn.benchmark for conv nets, or repeatable kernels with --deterministic.
 
     Returns the memory format for conv nets and image batches (conv_memory_format)."""
     if device.type != "cuda":
-        return torch.contiguous_format
+        return conv_memory_format(device, conv, None)
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be repeatable
     torch.use_deterministic_algorithms(args.deterministic)
@@ -325,10 +326,11 @@ def setup_backends(device, args, conv=True):
 
 
 def conv_memory_format(device, conv, amp):
-    """channels_last where it is known to help: conv nets on a CUDA GPU under bfloat16 autocast (its
-    tensor cores read NHWC fastest). In float32 (--no-amp, or a GPU without bfloat16) NHWC is often
-    slower. Elsewhere the usual contiguous format, so nothing changes on the CPU."""
-    fast = device.type == "cuda" and conv and amp is torch.bfloat16
+    """channels_last (NHWC) for conv nets where it is measured faster than the usual layout: on the
+    CPU in float32 and in bfloat16 (oneDNN's convolutions prefer NHWC; benchmarks/layout.py, table in
+    docs/speed.md), and on a CUDA GPU under bfloat16 autocast (its tensor cores read NHWC fastest; in
+    float32 NHWC is often slower there). Elsewhere (MPS, MLPs) the usual contiguous format."""
+    fast = conv and (device.type == "cpu" or (device.type == "cuda" and amp is torch.bfloat16))
     return torch.channels_last if fast else torch.contiguous_format
 
 

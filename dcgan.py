@@ -31,8 +31,8 @@ size and a final 3 x 3 convolution to the image. Not the paper's network; kept f
 Speed, none of which changes the maths, set up once in train() so that the step functions stay plain
 float32 code: --amp runs the forward passes of G and D in bfloat16 autocast and hands their outputs
 back in float32, so the losses are float32; --compile runs the steps through torch.compile'd copies
-of G and D (checkpoints hold the plain modules); on CUDA, cudnn.benchmark, and channels_last under
---amp, unless --deterministic.
+of G and D (checkpoints hold the plain modules); channels_last on the CPU, and on CUDA
+under --amp with cudnn.benchmark, unless --deterministic.
 
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G

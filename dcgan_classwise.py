@@ -22,10 +22,10 @@ over the largest chosen class, and a smaller class starts its next pass early. D
 (--batch 128 gives DCGAN's): the pairs step one after the other, each on a tenth of the data, and at 64
 each makes twice the steps in the same time (README: after 8 minutes of a 2-core CPU, FID 35 at 64,
 while at 128 the in-training figure was still about 300).
-Speed, same maths: --amp (bfloat16 autocast), --compile; on CUDA cudnn.benchmark, and channels_last
-under --amp. Samples (grids, --generate, latent walks, the quality figure) come from a moving average
-of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498): not the paper's, and no training
-step changes (--ema 0: each G itself).
+Speed, same maths: --amp (bfloat16 autocast), --compile; channels_last on the CPU, and on
+CUDA under --amp with cudnn.benchmark. Samples (grids, --generate, latent walks, the quality figure)
+come from a moving average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498): not
+the paper's, and no training step changes (--ema 0: each G itself).
 
 Run folder:
     OUT/checkpoint.pt           what --resume takes: flags, step, and for each class i G_i, G_ema_i,

@@ -30,8 +30,8 @@ Defaults, and where they come from:
 - Speed, none of which changes the maths: --amp runs G's and D's forward passes in bfloat16
   autocast and hands float32 outputs to the losses; inside D the power iteration and sigma turn
   autocast off and stay float32; --compile runs the steps through torch.compile'd copies of G and
-  D (checkpoints hold the plain modules); on CUDA, cudnn.benchmark, and channels_last under --amp,
-  unless --deterministic.
+  D (checkpoints hold the plain modules); channels_last on the CPU, and on CUDA under --amp
+  with cudnn.benchmark, unless --deterministic.
 
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G

@@ -33,9 +33,9 @@ Defaults, and where they come from (Algorithm 1 and section 4):
 - Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
   autocast and hands back float32 scores, so the losses are float32 (and the clipping acts on the
   float32 weights); --compile runs the steps through torch.compile'd G and critic that share the
-  networks' parameters (checkpoints hold the plain modules); on CUDA, cudnn.benchmark, and
-  channels_last under --amp, unless --deterministic. train() wraps the networks once (common.Run.fast), so the
-  step functions below are plain float32 maths.
+  networks' parameters (checkpoints hold the plain modules); channels_last on the CPU, and on
+  CUDA under --amp with cudnn.benchmark, unless --deterministic. train() wraps the networks once
+  (common.Run.fast), so the step functions below are plain float32 maths.
 
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G

@@ -29,8 +29,8 @@ Defaults, and where they come from:
 - Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
   autocast and everything else in float32: the losses, and the penalty's gradient (taken with
   respect to the float32 x_hat) and its norm; --compile compiles G only, the critic stays eager
-  (torch.compile does not support the double backward of the penalty); on CUDA, cudnn.benchmark,
-  and channels_last under --amp, unless --deterministic.
+  (torch.compile does not support the double backward of the penalty); channels_last on the CPU,
+  and on CUDA under --amp with cudnn.benchmark, unless --deterministic.
 
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G

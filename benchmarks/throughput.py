@@ -124,7 +124,7 @@ def instrumented(module, device, warmup, steps, baseline, data_root, workers, pr
     saved = []
     add = common.RunLog.add
 
-    def timed_add(self, images, **losses):
+    def timed_add(self, images, step=None, **losses):
         if baseline:
             for v in losses.values():
                 float(v.item())  # the per-step host sync of the usual logging code
@@ -134,7 +134,7 @@ def instrumented(module, device, warmup, steps, baseline, data_root, workers, pr
             t["start" if t["adds"] == warmup else "end"] = time.perf_counter()
         if warmup < t["adds"] <= warmup + steps:
             t["images"] += images
-        return add(self, images, **losses)
+        return add(self, images, step, **losses)
 
     def inside():
         return t["start"] is not None and t["end"] is None

@@ -238,12 +238,15 @@ def test_gaussian_real_batches_copy_the_shuffle_to_the_device_once_an_epoch():
 
 
 # -- 8. channels_last only where it helps ---------------------------------------------------------------
-def test_channels_last_only_for_conv_nets_under_bfloat16_autocast_on_cuda(monkeypatch):
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+def test_channels_last_for_conv_nets_on_the_cpu_and_under_bfloat16_autocast_on_cuda(monkeypatch):
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
     assert common.conv_memory_format(cuda, conv=True, amp=torch.bfloat16) is torch.channels_last
     assert common.conv_memory_format(cuda, conv=True, amp=None) is torch.contiguous_format  # --no-amp
     assert common.conv_memory_format(cuda, conv=False, amp=torch.bfloat16) is torch.contiguous_format
-    assert common.conv_memory_format(cpu, conv=True, amp=torch.bfloat16) is torch.contiguous_format
+    for amp in (torch.bfloat16, None):  # measured faster on the CPU in both (benchmarks/layout.py)
+        assert common.conv_memory_format(cpu, conv=True, amp=amp) is torch.channels_last
+    assert common.conv_memory_format(cpu, conv=False, amp=None) is torch.contiguous_format  # gan_mnist's MLPs
+    assert common.conv_memory_format(mps, conv=True, amp=None) is torch.contiguous_format
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)  # restored after
     no_amp = argparse.Namespace(amp=False, deterministic=False)
     assert common.setup_backends(cuda, no_amp) is torch.contiguous_format

@@ -42,9 +42,10 @@ def test_speed_flags_are_off_by_default_and_can_be_turned_on(name):
 def test_cuda_settings_leave_cpu_alone():
     args = argparse_namespace(deterministic=False)
     benchmark, deterministic = torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled()
-    assert common.setup_backends(torch.device("cpu"), args) is torch.contiguous_format
+    assert common.setup_backends(torch.device("cpu"), args) is torch.channels_last  # conv nets: NHWC
+    assert common.setup_backends(torch.device("cpu"), args, conv=False) is torch.contiguous_format
     assert common.setup_backends(torch.device("cpu"), argparse_namespace(deterministic=True)) is (
-        torch.contiguous_format
+        torch.channels_last
     )
     assert torch.backends.cudnn.benchmark == benchmark
     assert torch.are_deterministic_algorithms_enabled() == deterministic
