@@ -1,7 +1,7 @@
-"""Data loading, plotting and small I/O helpers shared by the scripts of this collection.
+"""The run plumbing, data loading and plotting shared by the scripts of this collection.
 
 Nothing here trains anything: every model file keeps its own networks, losses and loop
-(see CONVENTIONS.md). What lives here:
+(CONTRIBUTING.md says how a model file is laid out). What lives here:
 
 - arguments: validated flag types, the flags every image script accepts, resume of flags;
 - data: MNIST, Fashion-MNIST and CIFAR-10 decoded once into one uint8 tensor and served as
@@ -100,7 +100,7 @@ def add_common_flags(
     lr_source="the paper's",
     ema=True,
 ):
-    """The flags CONVENTIONS.md promises on every image script, with this model's defaults."""
+    """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults."""
     parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
     p = parser.add_argument
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
@@ -204,7 +204,7 @@ def add_speed_flags(parser, compile_help=None):
         default=None,
         help="bfloat16 autocast for the forward passes of G and D, losses in float32. Default: on where "
         "bfloat16 is native (CUDA GPUs with bf16 support; CPUs with bf16 support: AVX512-BF16 or AMX), "
-        "where it is 1.6-1.9x faster; off elsewhere. --no-amp for float32 everywhere",
+        "where it is faster (docs/speed.md); off elsewhere. --no-amp for float32 everywhere",
     )
     p(
         "--compile",

@@ -20,8 +20,8 @@ A step updates every pair once (--critic_repeats D updates, then one G update); 
 over the largest chosen class, and a smaller class starts its next pass early. Defaults: DCGAN's (Adam lr
 2e-4, beta1 0.5, z of size 100, --hidden_dim 64, 32 x 32), but 64 images per pair and step, not 128
 (--batch 128 gives DCGAN's): the pairs step one after the other, each on a tenth of the data, and at 64
-each makes twice the steps in the same time (README: after 8 minutes of a 2-core CPU, FID 35 at 64,
-while at 128 the in-training figure was still about 300).
+each makes twice the steps in the same time (the runs that decided it: docs/dcgan_classwise.md,
+"Departures from the paper").
 Speed, same maths: --amp (bfloat16 autocast), --compile; channels_last on the CPU, and on
 CUDA under --amp with cudnn.benchmark. Samples (grids, --generate, latent walks, the quality figure)
 come from a moving average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498): not

@@ -24,8 +24,8 @@ Optimisation: Adam, betas (0.5, 0.999), batch 64, D's learning rate 1e-3 five ti
 decaying linearly to 0 over the run. The paper used SGD with momentum and, in its code, a decaying
 learning rate; what it needs is a D close to optimal for each G (its k D steps per G step). A faster
 D (Heusel et al. 2017, arXiv:1706.08500) gives that at one D step per G step. With equal rates,
-Adam or SGD, the generated std collapsed to 0.1-0.6 and the mean kept swinging between 2 and 4
-(README: the sweep); with these, the default seed ends at mean 2.99, std 1.00.
+Adam or SGD, the generated std collapsed and the mean kept swinging (the sweep that showed it:
+docs/gan_gaussian.md, "Departures from the paper").
 
 Examples:
     python gan_gaussian.py                      # N(3, 1) in 1-D: runs/gan_gaussian/*.png
@@ -70,7 +70,7 @@ def build_parser():
         "--device",
         default="auto",
         help="auto (= cpu here: networks of 16 units are faster on the CPU than on a GPU, and the "
-        "results quoted in the README are the CPU's random stream), cpu, cuda, cuda:1, mps (default auto)",
+        "figures in docs/gan_gaussian.md are the CPU's random stream), cpu, cuda, cuda:1, mps (default auto)",
     )
     p("--dims", type=common.positive_int, default=1, help="dimensions of the target Normal (default 1)")
     p("--mean", type=float, default=3.0, help="target mean, every dimension (default 3)")

@@ -22,7 +22,7 @@ Defaults, and where they come from:
   pixel with probability 0.8), tanh output on images
   scaled to [-1, 1]. BatchNorm after G's hidden layers (Radford et al. 2015; the paper predates
   BatchNorm, --no-g_batchnorm gives its plain MLP): on 4,000 real digits, 30 epochs without it
-  gave mostly 1s, 7s and 9s in speckle, with it all ten digits (README). The paper's own nets
+  gave mostly 1s, 7s and 9s in speckle, with it all ten digits (docs/gan_mnist.md). The paper's own nets
   (maxout D, 1200-unit G, SGD with momentum) are not reproduced; these widths train in minutes.
 - Adam, lr 2e-4, betas (0.5, 0.999), batch 64: Radford et al. 2015 showed these stabilise GAN
   training; the paper itself used SGD with momentum. One D step per G step (k = 1, as the

@@ -19,10 +19,10 @@ Defaults, and where they come from (Algorithm 1 and section 4):
 - RMSprop (the paper found momentum-based optimizers such as Adam unstable here), clip c = 0.01
   (--clip), n_critic = 5 (--critic_repeats), batch 64; each critic update draws a fresh real batch.
 - The one departure from Algorithm 1's training: lr 2e-4 (the rate DCGAN uses with Adam), not
-  5e-5 (--lr 5e-5 gives the paper's). At 5e-5 the clipped critic and G learn slowly: on 4,000
-  MNIST digits, 8 minutes of a 2-core CPU, classifier FID 181.9 at 5e-5, 98.0 at 1e-4, 87.0 at
-  2e-4, one run each (README, "Levers tried"). What changes is how far each step goes, not how
-  fast steps run: 535 steps at 2e-4 already score better than 1,997 at 5e-5.
+  5e-5 (--lr 5e-5 gives the paper's). At 5e-5 the clipped critic and G learn slowly: at equal
+  CPU time 2e-4 scored far better, and in fewer steps (the runs: docs/levers.md, and
+  docs/wgan.md, "Departures from the paper"). What changes is how far each step goes, not how
+  fast steps run.
 - DCGAN-shaped networks: G with BatchNorm + ReLU and tanh; the critic with strided convs,
   BatchNorm and LeakyReLU 0.2, as in the authors' code; --hidden_dim 64 filters at the image
   end, doubling toward 4 x 4; images 32 x 32. DCGAN's N(0, 0.02) init for both.

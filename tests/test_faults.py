@@ -25,13 +25,21 @@ CASES = [(name, p) for name in IMAGE_SCRIPTS for p in PRECISIONS] + [("gan_gauss
 SKIP = {"args", "elapsed"}  # this run's flags and clock: the only things a resumed run may differ in
 
 
+# a batch, and the steps a run makes, so that the stop at step 2 is no epoch's end and the run to
+# STEPS crosses one (resumed mid-epoch, then a reshuffle): 120 digits; wgan and wgan_gp draw 5 real
+# batches per step, dcgan_classwise 12 digits per class; gan_gaussian 640 samples, batch 64
+BATCH = {"wgan": 8, "wgan_gp": 8, "dcgan_classwise": 4, "gan_gaussian": 64}
+STEPS = {"wgan": 4, "wgan_gp": 4, "dcgan_classwise": 4, "gan_gaussian": 12}
+
+
 def script_args(name, data_root, precision):
-    """Tiny networks and data; a few steps in, none of them an epoch's end (epochs end at step 3 of
-    wgan, wgan_gp and dcgan_classwise, later elsewhere) so a checkpoint at step 2 is the stop's."""
+    """Tiny networks and data, this precision."""
     if name == "gan_gaussian":
         return ["--device", "cpu", "--train_size", "640", "--log_every", "50"]
     size = ["--image_size", "28" if name == "gan_mnist" else "16"]
-    batch = ["--batch", "4", "--classes", "1,4"] if name == "dcgan_classwise" else ["--batch", "8"]
+    batch = ["--batch", str(BATCH.get(name, 16))] + (
+        ["--classes", "1,4"] if name == "dcgan_classwise" else []
+    )
     tiny = ["--hidden_dim", "4", "--zdim", "8", "--no-quality", "--log_every", "50"]
     return ["--data_root", data_root, *tiny, *size, *batch, PRECISIONS[precision], "--device", "cpu"]
 
@@ -75,22 +83,22 @@ def test_a_stop_saves_its_step_and_resuming_it_is_exact_to_the_bit(
     name, precision, mnist_root, tmp_path, monkeypatch, capsys
 ):
     module = importlib.import_module(name)
-    base = script_args(name, mnist_root, precision)
-    module.main([*base, "--max_steps", "4", "--out", str(tmp_path / "whole")])
+    base, steps = script_args(name, mnist_root, precision), str(STEPS.get(name, 9))
+    module.main([*base, "--max_steps", steps, "--out", str(tmp_path / "whole")])
     sig = signal.SIGINT if precision == "float32" else signal.SIGTERM
 
     with monkeypatch.context() as m:
         stop_with(m, sig, at_step=2)
-        module.main([*base, "--max_steps", "4", "--out", str(tmp_path / "stopped")])
+        module.main([*base, "--max_steps", steps, "--out", str(tmp_path / "stopped")])
     assert "stopped at step 2" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2  # the step at which the stop was asked, not an epoch end's
 
-    resume = ["--resume", str(tmp_path / "stopped" / "checkpoint.pt"), "--max_steps", "4"]
+    resume = ["--resume", str(tmp_path / "stopped" / "checkpoint.pt"), "--max_steps", steps]
     module.main([*resume, *machine_args(name, precision)])
     whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
     resumed = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
-    assert whole["step"] == resumed["step"] == 4
+    assert whole["step"] == resumed["step"] == int(steps) and whole["epoch"] >= 1
     averages = [k for k in whole if k.startswith("G_ema")]
     if name != "gan_gaussian":  # the average of G, which every sample comes from, is saved and is not G
         assert averages

@@ -1,15 +1,11 @@
 """gan_mnist.py: what makes it Goodfellow et al.'s GAN, and the contract (smoke, resume, generate, faults)."""
 
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, bar_class, count_steps, run_script
+from conftest import bar_class, count_steps, run_script
 from helpers_cli import error_line
 from PIL import Image
 
@@ -154,23 +150,6 @@ def test_critic_repeats_d_steps_per_generator_step_across_epoch_boundaries(mnist
     assert drawn == [0] * 7 + [1] * 7 + [2]  # a fresh real batch for every D step
 
 
-def test_resume_is_exact(mnist_root, tmp_path):
-    # 120 images / 16 = 7 batches: 8 steps cross an epoch, and 4 resume mid-epoch
-    G1, D1 = run(mnist_root, tmp_path / "a", "--max_steps", "8")
-    run(mnist_root, tmp_path / "b", "--max_steps", "4")
-    G2, D2 = gan_mnist.main(
-        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "8", "--device", "cpu"]
-    )
-    for a, b in zip(
-        [*G1.state_dict().values(), *D1.state_dict().values()],
-        [*G2.state_dict().values(), *D2.state_dict().values()],
-        strict=True,
-    ):
-        assert torch.equal(a, b)
-    rows = open(tmp_path / "b" / "log.csv").read().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == [str(i) for i in range(1, 9)]
-
-
 def test_resume_without_flags_runs_to_the_end_not_to_the_old_max_steps(mnist_root, tmp_path):
     run(mnist_root, tmp_path / "r", "--epochs", "2", "--max_steps", "3")
     gan_mnist.main(["--resume", str(tmp_path / "r" / "checkpoint.pt"), "--device", "cpu"])
@@ -260,35 +239,8 @@ def test_checkpoint_of_another_script_or_shape_is_refused(mnist_root, tmp_path):
         )
 
 
-def test_nonfinite_loss_stops_with_step_and_keeps_checkpoint(mnist_root, tmp_path):
-    run(mnist_root, tmp_path / "r", "--max_steps", "2")
-    ckpt = tmp_path / "r" / "checkpoint.pt"
-    good = torch.load(ckpt, weights_only=False)["G"]
-    with pytest.raises(SystemExit, match=r"step \d+"):
-        gan_mnist.main(["--resume", str(ckpt), "--lr", "1e38", "--max_steps", "50", "--device", "cpu"])
-    kept = torch.load(ckpt, weights_only=False)
-    assert kept["step"] == 2 and all(torch.equal(good[k], v) for k, v in kept["G"].items())
-
-
 def test_missing_data_is_one_message_without_traceback(tmp_path):
     argv = ["--data_root", str(tmp_path / "none"), "--out", str(tmp_path / "o"), "--device", "cpu"]
     r = run_script("gan_mnist.py", argv)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert str(tmp_path / "none") in r.stderr and "train-images-idx3-ubyte" in r.stderr
-
-
-def test_ctrl_c_saves_checkpoint_and_plots(mnist_root, tmp_path):
-    out = tmp_path / "r"
-    cmd = [sys.executable, str(ROOT / "gan_mnist.py"), "--data_root", mnist_root, "--out", str(out), *TINY]
-    proc = subprocess.Popen(
-        cmd + ["--epochs", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    deadline = time.time() + 60
-    while not (out / "log.csv").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 0, stderr
-    assert "Ctrl-C" in stdout and "Traceback" not in stderr
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert ckpt["step"] >= 1 and (out / "losses.png").exists()

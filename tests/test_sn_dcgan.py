@@ -136,15 +136,6 @@ def test_smoke_main_writes_the_run_folder(mnist_root, tmp_path):
     assert {"loss_d", "loss_g"} <= set(common.read_log(tmp_path)[-1])
 
 
-def test_resume_is_exact(mnist_root, tmp_path):
-    G_a, D_a = sn_dcgan.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "10"))
-    sn_dcgan.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "5"))
-    G_b, D_b = resume(tmp_path / "b" / "checkpoint.pt", "--max_steps", "10")
-    for a, b in ((G_a, G_b), (D_a, D_b)):  # the power iteration's u and v included
-        sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_optimizer_flags_given_with_resume_win_over_the_saved_ones(mnist_root, tmp_path):
     sn_dcgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     flags = ["--lr", "0.003", "--beta1", "0.2", "--beta2", "0.9"]

@@ -137,15 +137,6 @@ def test_smoke_main_writes_the_run_folder(mnist_root, tmp_path):
     assert {"G", "D", "opt_g", "opt_d", "fixed_z"} <= set(ckpt) and ckpt["script"] == "wgan.py"
 
 
-def test_resume_is_exact(mnist_root, tmp_path):
-    G_a, C_a = wgan.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "4"))
-    wgan.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "2"))
-    G_b, C_b = wgan.main(resume(tmp_path / "b" / "checkpoint.pt", "--max_steps", "4"))
-    for a, b in ((G_a, G_b), (C_a, C_b)):  # BatchNorm's running statistics included
-        sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_lr_given_with_resume_wins_over_the_saved_one(mnist_root, tmp_path):
     wgan.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     wgan.main(resume(tmp_path / "checkpoint.pt", "--max_steps", "2", "--lr", "0.003"))

@@ -156,17 +156,6 @@ def test_the_earlier_implementations_flags_work():
     assert G(torch.randn(2, 64)).shape == (2, 1, 32, 32)
 
 
-def test_resume_is_exact(mnist_root, tmp_path):
-    G_a, C_a = wgan_gp.main(tiny(mnist_root, tmp_path / "a", "--max_steps", "4"))
-    wgan_gp.main(tiny(mnist_root, tmp_path / "b", "--max_steps", "2"))
-    G_b, C_b = wgan_gp.main(
-        ["--resume", str(tmp_path / "b" / "checkpoint.pt"), "--max_steps", "4", "--device", "cpu"]
-    )
-    for a, b in ((G_a, G_b), (C_a, C_b)):
-        sa, sb = a.state_dict(), b.state_dict()
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
 def test_optimizer_flags_given_with_resume_are_the_ones_used_afterwards(mnist_root, tmp_path, monkeypatch):
     wgan_gp.main(tiny(mnist_root, tmp_path, "--max_steps", "1"))
     used = []  # the hyperparameters each optimizer step really ran with
