@@ -12,6 +12,7 @@ A page asks for a table with a pair of markers; everything between them is repla
                                         machine beside ours, and its quality-over-training curve
     <!-- report:levers SCRIPT|all -->   changes tried against the defaults, beside their baseline run
     <!-- report:throughput -->          images/s rows
+    <!-- report:layout -->              channels_last against contiguous, newest run per machine
     <!-- report:kind KIND SCRIPT|all --> any other kind of record, as one table
     <!-- /report -->
 
@@ -331,6 +332,22 @@ def block_kind(rs, kind, script, base):
     return "\n\n".join(out)
 
 
+def block_layout(rs, base):
+    """docs/speed.md: the newest benchmarks/layout.py run per machine, a row per script and precision."""
+    newest = {}
+    for r in newest_first([r for r in of(rs, "layout") if measured(r)]):
+        newest.setdefault(machine(r), r)
+    head = ["script", "precision", "contiguous, s/step", "channels_last, s/step", "ratio", "pairs"]
+    parts = []
+    for label, r in sorted(newest.items()):
+        rows = [[f"`{x['script']}.py`", x["precision"], num(x["contiguous_s_per_step"], 3),
+                 num(x["channels_last_s_per_step"], 3), num(x["ratio"], 3),
+                 ", ".join(num(p, 2) for p in x["pair_ratios"])] for x in r["rows"]]  # fmt: skip
+        parts.append(f"{label}, {r['date']}, commit {r['commit']}: `python benchmarks/{r['command']}`\n\n"
+                     + table(head, rows))  # fmt: skip
+    return "\n\n".join(parts) or "no layout record yet: run `python benchmarks/layout.py`"
+
+
 def render_block(rs, spec, base):
     words = spec.split()
     if words == ["models"]:
@@ -345,6 +362,8 @@ def render_block(rs, spec, base):
         return block_levers(rs, words[1], base)
     if words == ["throughput"]:
         return block_kind(rs, "throughput", "all", base)
+    if words == ["layout"]:
+        return block_layout(rs, base)
     if words[0] == "kind" and len(words) == 3:
         return block_kind(rs, words[1], words[2], base)
     raise SystemExit(f"{base}: unknown report marker <!-- report:{spec} -->")
