@@ -107,6 +107,11 @@ def measured(r):
     return r.get("commit", "unknown") not in ("", "unknown") and "source" not in r
 
 
+def provenance(r):
+    """'commit abc1234', or where a transcribed record's figure was read."""
+    return f"commit {r['commit']}" if measured(r) else f"transcribed from {r.get('source', 'an older page')}"
+
+
 def current_day(rs):
     """(date, machine) of the newest measured 8-minute defaults run: the README's models table, its
     summary and its strip show runs of that one day and machine only, never figures of other days
@@ -195,8 +200,7 @@ def block_results(rs, script, base):
             parts.append(
                 f"![gan_gaussian, real against generated, newest run with default flags]({path})\n\n"
                 f"The real training samples and 10,000 generated ones after the newest default run: "
-                f"{num(shown.get('steps'))} steps, {shown['date']}, {machine(shown)}, commit "
-                f"{shown.get('commit', 'unknown')}."
+                f"{num(shown.get('steps'))} steps, {shown['date']}, {machine(shown)}, {provenance(shown)}."
             )
         return "\n\n".join(parts)
     runs = newest_first([r for r in of(rs, "quality", script)])
@@ -240,13 +244,14 @@ def block_results(rs, script, base):
             "Beside the public implementations (same protocol, same day and machine):",
             table(head, pairs),
         ]
-    shown = next((r for r in runs if r.get("grid") and not r.get("flags")), None)
-    if shown:  # the newest defaults run's samples: what the code of that commit makes
+    with_grid = [r for r in runs if r.get("grid") and not r.get("flags")]
+    shown = next(iter([r for r in with_grid if measured(r)] + with_grid), None)
+    if shown:  # the newest defaults run's samples (a measured one first): what the code of that commit makes
         path = shown["grid"].removeprefix("docs/") if base.startswith("docs/") else shown["grid"]
         parts.append(
             f"![{script}, newest run with default flags]({path})\n\nThe newest run with default flags: "
-            f"{num(shown.get('budget_min'))} minutes, {shown['date']}, {machine(shown)}, commit "
-            f"{shown.get('commit', 'unknown')}, {shown.get('data', 'MNIST')}."
+            f"{num(shown.get('budget_min'))} minutes, {shown['date']}, {machine(shown)}, "
+            f"{provenance(shown)}, {shown.get('data', 'MNIST')}."
         )
     if any(r.get("trajectory") for r in runs):
         rel = (

@@ -63,3 +63,14 @@ def test_nothing_cites_a_file_that_is_not_in_the_repository():
             continue
         text = path.read_text()
         assert "CONVENTIONS.md" not in text, path.relative_to(ROOT)
+
+
+def test_pages_are_reference_not_lab_notes():
+    """Model pages stay short enough to read as reference; the history lives in results/ as records."""
+    for page in PAGES:
+        text = page.read_text()
+        for note in ("Early runs", "half-speed", "commit unknown", "/tmp/"):
+            assert note not in text, f"{page.relative_to(ROOT)}: {note!r}"
+    models = ["gan_gaussian", "gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
+    for name in models:
+        assert len((ROOT / "docs" / f"{name}.md").read_text()) <= 12_000, name
