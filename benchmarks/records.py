@@ -72,7 +72,10 @@ def git_commit():
     try:
         run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, check=True)  # noqa: E731
         commit = run("rev-parse", "--short", "HEAD").stdout.strip()
-        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        # records appended and pages rendered by earlier runs are not code: they leave a run clean
+        dirty = run(
+            "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results", ":!docs"
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

@@ -146,7 +146,10 @@ def block_models(rs, base):
     for script in SCRIPTS:
         paper, shows = MODELS[script]
         if script == "gan_gaussian":
-            runs = [r for r in of(rs, "gaussian", script) if measured(r) and day(r) == current_day(rs)]
+            runs = [
+                r for r in of(rs, "gaussian", script)
+                if measured(r) and not r.get("flags") and day(r) == current_day(rs)
+            ]  # fmt: skip
             r = next(iter(newest_first(runs)), None)
             m = r["metrics"] if r else {}
             figure = f"mean {num(m.get('mean'), 3)}, std {num(m.get('std'), 3)}" if r else "-"
