@@ -19,7 +19,6 @@ import contextlib
 import importlib
 import io
 import statistics
-import struct
 import sys
 import tempfile
 from pathlib import Path
@@ -30,20 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import records  # noqa: E402
+from mnist_subset import write_idx  # noqa: E402
 
 import common  # noqa: E402
 
 SCRIPTS = ("dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan")
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 PRECISIONS = {"float32": "--no-amp", "bfloat16": "--amp"}
-
-
-def write_idx(path, array):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    with open(path, "wb") as f:
-        f.write(struct.pack(">I", {1: 0x0801, 3: 0x0803}[array.ndim]))
-        f.write(struct.pack(f">{array.ndim}I", *array.shape))
-        f.write(array.tobytes())
 
 
 def synthetic_mnist(root, n=2000):
