@@ -84,6 +84,20 @@ nonnegative_int = _typed(int, lambda v: v >= 0, "zero or more")
 positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
 unit_interval = _typed(float, lambda v: 0 <= v < 1, "in [0, 1)")  # Adam's betas, dropout
+AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's three, in the order they apply
+
+
+def augment_policy(text):
+    """--augment: 'none', or a comma-separated list of AUGMENTATIONS, given back in their order."""
+    parts = {part.strip() for part in text.split(",")}
+    if parts == {"none"}:
+        return "none"
+    if not parts or not parts <= set(AUGMENTATIONS):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: none, or a comma-separated list of {', '.join(AUGMENTATIONS)}, "
+            "e.g. translation,cutout"
+        )
+    return ",".join(a for a in AUGMENTATIONS if a in parts)
 
 
 def add_common_flags(
@@ -132,6 +146,21 @@ def add_common_flags(
         help=f"training data: {', '.join(datasets)} (default mnist)",
     )
     p("--data_root", default="./data", help="where datasets live or are downloaded to (default ./data)")
+    p(
+        "--train_images",
+        type=positive_int,
+        default=None,
+        help="train on N images of the training split, chosen by --seed (as many of each class as can be, "
+        "on labelled data), to study small data sets (default: all of them)",
+    )
+    p(
+        "--augment",
+        type=augment_policy,
+        default="none",
+        help="differentiable augmentation of every image D sees, real and generated, in both steps "
+        f"(DiffAugment, Zhao et al. 2020): none, or a comma-separated list of {', '.join(AUGMENTATIONS)} "
+        "(color skips saturation on grey images). Default none: the paper's D",
+    )
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(
         "--seed",
@@ -795,10 +824,45 @@ def _celeba_folder(root):
     )
 
 
+def train_subset(count, n, seed, labels=None):
+    """The indices (sorted) of the n of `count` training images a --train_images n run trains on.
+
+    A random order drawn from `seed` alone, so a run, its resume and evaluate.py all pick the same
+    images. With labels the classes take turns (the first image of each class in that order, then
+    the second of each, ...), so every class has n / classes images, give or take one, where it has
+    as many."""
+    if n > count:
+        fail(f"--train_images {n}: the training split has only {count} images")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    if labels is not None:  # rank of each image within its class, in that order: classes take turns
+        shuffled = labels[order]
+        turn = torch.zeros(count, dtype=torch.long)
+        for c in shuffled.unique():
+            where = (shuffled == c).nonzero()[:, 0]
+            turn[where] = torch.arange(len(where))
+        order = order[torch.sort(turn, stable=True).indices]
+    return order[:n].sort().values
+
+
+def training_images(args, classes=None):
+    """The labelled training split (uint8 images, labels) a run trains on: all of it, or the
+    --train_images subset, of `classes` only when given (the subset is drawn first, from every class)."""
+    images, labels = load_tensor_dataset(args.dataset, args.data_root, args.image_size, in_turn=True)
+    if getattr(args, "train_images", None):
+        keep = train_subset(len(images), args.train_images, args.seed, labels)
+        images, labels = images[keep], labels[keep]
+    if classes is not None:
+        keep = torch.isin(labels, torch.as_tensor(list(classes)))
+        images, labels = images[keep], labels[keep]
+        if len(images) == 0:
+            fail(f"{args.dataset} in {args.data_root} has no training images of class(es) {list(classes)}")
+    return images, labels
+
+
 def make_batches(args, device, classes=None):
-    """The training data chosen by --dataset, --data_root, --image_size and --batch."""
+    """The training data chosen by --dataset, --data_root, --image_size, --train_images and --batch."""
     if args.dataset in ("mnist", "fashion-mnist", "cifar10"):
-        images, _ = load_tensor_dataset(args.dataset, args.data_root, args.image_size, classes, in_turn=True)
+        images, _ = training_images(args, classes)
         return TensorBatches(images, args.batch, device, args.seed)
     if classes is not None:
         fail(f"--dataset {args.dataset} has no class labels")
@@ -806,7 +870,76 @@ def make_batches(args, device, classes=None):
     files = list_images(folder)
     if not files:
         fail(f"--data_root {folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder or below it")
+    if getattr(args, "train_images", None):
+        files = [files[i] for i in train_subset(len(files), args.train_images, args.seed).tolist()]
     return FolderBatches(files, args.image_size, args.batch, device, args.seed, args.workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation of what D sees
+# ---------------------------------------------------------------------------------------------
+
+
+class DiffAugment:
+    """--augment: the same kind of random, differentiable transform on every image D sees.
+
+    Zhao, Liu, Lin, Zhu, Han, "Differentiable Augmentation for Data-Efficient GAN Training",
+    NeurIPS 2020, https://arxiv.org/abs/2006.10738. On small data D learns the real images by heart;
+    if only the real images were augmented, G would learn to make augmented images. So real and
+    generated images are transformed alike, in D's step and in G's (G learns through the transform,
+    which is why it must be differentiable): D(augment(x)), D(augment(G(z))).
+
+    Each image draws its own transform, from the run's random generator on the training device
+    (saved in checkpoints, so resume stays exact); under torchrun each process draws its own share,
+    as run.rand gives it. Images are in [-1, 1]; the three policies, with the paper's strengths:
+    - color: brightness + U(-0.5, 0.5); saturation x U(0, 2) around each pixel's channel mean
+      (colour images only: grey images have no saturation); contrast x U(0.5, 1.5) around the
+      image's mean;
+    - translation: a shift of up to 1/8 of the side in each direction, the uncovered border 0;
+    - cutout: a square of half the side, anywhere (it may overhang the border), set to 0.
+    'none' returns the images themselves."""
+
+    def __init__(self, policy, draw):
+        self.policy = [] if policy == "none" else policy.split(",")
+        self.draw = draw  # draw(n, *shape): uniform [0, 1) numbers on the device, this process's share
+
+    def __call__(self, x):
+        for name in self.policy:
+            x = getattr(self, name)(x)
+        return x
+
+    def color(self, x):
+        n = len(x)
+        x = x + (self.draw(n, 1, 1, 1) - 0.5)
+        if x.shape[1] == 3:
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (self.draw(n, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * (self.draw(n, 1, 1, 1) + 0.5) + mean
+
+    def translation(self, x, ratio=0.125):
+        n, _, h, w = x.shape
+        sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+        shift = self.draw(n, 2)
+        dy = (shift[:, 0] * (2 * sh + 1)).long() - sh  # integers in [-sh, sh]
+        dx = (shift[:, 1] * (2 * sw + 1)).long() - sw
+        padded = F.pad(x, (sw, sw, sh, sh))  # zeros around; output pixel (i, j) reads (i - dy, j - dx)
+        rows = torch.arange(h, device=x.device) + sh - dy[:, None]
+        cols = torch.arange(w, device=x.device) + sw - dx[:, None]
+        each = torch.arange(n, device=x.device)[:, None, None]
+        picked = padded[each, :, rows[:, :, None], cols[:, None, :]]
+        return picked.permute(0, 3, 1, 2)  # indexing put the channels last: n x h x w x c
+
+    def cutout(self, x, ratio=0.5):
+        n, _, h, w = x.shape
+        ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+        corner = self.draw(n, 2)
+        top = (corner[:, 0] * (h + 1)).long() - ch // 2  # the square's centre anywhere in the image
+        left = (corner[:, 1] * (w + 1)).long() - cw // 2
+        rows = torch.arange(h, device=x.device) - top[:, None]
+        cols = torch.arange(w, device=x.device) - left[:, None]
+        inside = ((rows >= 0) & (rows < ch))[:, :, None] & ((cols >= 0) & (cols < cw))[:, None, :]
+        return x * (~inside)[:, None].to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1131,6 +1264,7 @@ class Run:
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.log, self._stop, self._stop_step = None, None, None, None
+        self.augment = DiffAugment(getattr(args, "augment", "none"), self.rand)  # --augment: D(augment(x))
 
     @property
     def channels(self):

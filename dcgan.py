@@ -183,21 +183,23 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def discriminator_step(G, D, opt_d, real, z):
-    """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
+def discriminator_step(G, D, opt_d, real, z, augment):
+    """Update D on a real batch and a fake one, each through D on its own (own BN statistics);
+    augment (--augment) transforms both alike, or returns them as they are."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(real), D(fake))
+    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def generator_step(G, D, opt_g, z):
-    """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
+def generator_step(G, D, opt_g, z, augment):
+    """Update G through D (and through augment); D's weights are frozen for this pass, so only G's
+    gradients are computed."""
     D.requires_grad_(False)
-    loss = generator_loss(D(G(z)))
+    loss = generator_loss(D(augment(G(z))))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -247,8 +249,9 @@ def train(args):
         while run.running():
             for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
                 real = run.real_batch()
-                loss_d = discriminator_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim))
-            loss_g = generator_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim))
+                z = run.randn(len(real), args.zdim)
+                loss_d = discriminator_step(fast_G, fast_D, opt_d, real, z, run.augment)
+            loss_g = generator_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), run.augment)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     title = f"{SCRIPT} ({args.arch}, {args.image_size} px)"

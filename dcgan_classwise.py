@@ -166,21 +166,21 @@ def generator_loss(fake_logits):
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def d_step(G, D, opt_d, real, z):
+def d_step(G, D, opt_d, real, z, augment):
     """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(real), D(fake))
+    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, z):
+def g_step(G, D, opt_g, z, augment):
     """Update G through D; D's weights are frozen for this pass, so only G's gradients are computed."""
     D.requires_grad_(False)
-    loss = generator_loss(D(G(z)))
+    loss = generator_loss(D(augment(G(z))))
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -248,9 +248,7 @@ def train(args):
             run.track(**{f"G_ema_{p.c}": p.G})  # samples come from the pair's average
             run.generate(partial(sample, p.G), args.zdim, run.out / p.name / "generated", args.seed + p.c)
         return None
-    images, labels = common.load_tensor_dataset(
-        args.dataset, args.data_root, args.image_size, args.classes, in_turn=True
-    )
+    images, labels = common.training_images(args, args.classes)  # --train_images: drawn from every class
     pairs = [Pair(run, c, images.shape[1], images[labels == c]) for c in args.classes]
     run.track(**{name: thing for p in pairs for name, thing in p.things().items()})
     data = max((p.data for p in pairs), key=len)  # the run's epoch: one pass over the largest class
@@ -262,8 +260,9 @@ def train(args):
             losses = {}
             for p in pairs:  # each pair reads only its own class, networks and noise
                 for _ in range(args.critic_repeats):
-                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, p.reader.next(), p.z(p.data.batch))
-                loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch))
+                    real = p.reader.next()
+                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, real, p.z(p.data.batch), run.augment)
+                loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch), run.augment)
                 common.ema_update(p.G_ema, p.G, args.ema, run.step)
                 losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew

@@ -27,6 +27,15 @@ and real images):
   the data set's classes that receive at least half their fair share of the fake images, a class's
   fair share being its share of the real training images (10% for the balanced data sets here).
   The classifier's argmax labels each fake image. 1 is best; 0.1 means one class only.
+- fid_held_out: the FID against real images no run trained on (the test split; for a
+  --train_images run without one, the training images it left out), beside fid against the
+  training images. A model that learns the training set by heart scores better on fid than on
+  fid_held_out.
+- copy_share: are the samples copies? The share of fake images that lie closer (pixel L2
+  distance) to their nearest training image than the median held-out real image lies to its
+  own. Held-out real images score 0.5 by construction; a model that returns its training images
+  scores 1; a model whose samples are new but as close to the data as real images are, 0.5.
+  Nearest among the real images compared (all training images when there are at most --n).
 - inception_score, inception_score_std (inception space only): Salimans et al.'s score on
   Inception-v3's 1008 logits, 10 splits.
 
@@ -418,6 +427,11 @@ def read_images(folder, channels, n, seed=0, size=None):
     files = common.list_images(folder)
     if not files:
         common.fail(f"{folder}: no images ({', '.join(common.IMAGE_EXTENSIONS)}) in this folder or below it")
+    return read_files(files, channels, n, seed, size)
+
+
+def read_files(files, channels, n, seed=0, size=None):
+    """Up to n of these image files, chosen by seed, as read_images reads them."""
     files = [files[i] for i in subset(len(files), n, seed).tolist()]
     if size is None:
         from PIL import Image
@@ -430,17 +444,68 @@ def read_images(folder, channels, n, seed=0, size=None):
     return torch.cat(list(torch.utils.data.DataLoader(data, batch_size=256, num_workers=workers)))
 
 
-def real_images(dataset, root, size, channels, n, seed=0, classes=None):
+def real_images(dataset, root, size, channels, n, seed=0, classes=None, trained=None):
     """Up to n training images at size x size (of `classes` only, if given), chosen by seed, and
-    the labels of every training image (None for unlabelled data)."""
+    the labels of every training image (None for unlabelled data). trained: (N, run seed) of a
+    --train_images N run: only the N images it trained on are its training images."""
     if dataset in LABELLED:
         images, labels = common.load_tensor_dataset(dataset, root, size)
+        if trained:
+            keep = common.train_subset(len(images), trained[0], trained[1], labels)
+            images, labels = images[keep], labels[keep]
         pool = torch.arange(len(images)) if classes is None else in_classes(labels, classes).nonzero()[:, 0]
         if len(pool) == 0:
             common.fail(f"{dataset} in {root} has no images of class(es) {list(classes)}")
         return images[pool[subset(len(pool), n, seed)]], labels
-    folder = common._celeba_folder(root) if dataset == "celeba" else root
-    return read_images(folder, channels, n, seed, size), None
+    files = common.list_images(common._celeba_folder(root) if dataset == "celeba" else root)
+    if trained:
+        files = [files[i] for i in common.train_subset(len(files), *trained).tolist()]
+    return read_files(files, channels, n, seed, size), None
+
+
+def held_out_images(dataset, root, size, channels, n, seed=0, classes=None, trained=None):
+    """Up to n real images no run trained on, at size x size, or None: the test split where the data
+    set has one on disk; else, for a --train_images run, the training images it left out."""
+    held = held_out_split(dataset, root) if dataset in LABELLED else None
+    if held is not None:
+        images, labels = held
+        if classes is not None:
+            images = images[in_classes(labels, classes)]
+        if images.shape[-1] != size:
+            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
+            images = images.round_().clamp_(0, 255).to(torch.uint8)
+        return images[subset(len(images), n, seed)] if len(images) else None
+    if not trained:
+        return None
+    if dataset in LABELLED:
+        images, labels = common.load_tensor_dataset(dataset, root, size)
+        left = torch.ones(len(images), dtype=torch.bool)
+        left[common.train_subset(len(images), trained[0], trained[1], labels)] = False
+        if classes is not None:
+            left &= in_classes(labels, classes)
+        images = images[left]
+        return images[subset(len(images), n, seed)] if len(images) else None
+    files = common.list_images(common._celeba_folder(root) if dataset == "celeba" else root)
+    used = set(common.train_subset(len(files), *trained).tolist())
+    files = [f for i, f in enumerate(files) if i not in used]
+    return read_files(files, channels, n, seed, size) if files else None
+
+
+def nearest_distances(images, train, chunk=500):
+    """Each image's pixel (L2, in [0, 1] units) distance to its nearest image of `train` (uint8 sets)."""
+    train = train.flatten(1).float().div_(255)
+    return torch.cat(
+        [torch.cdist(x.flatten(1).float().div_(255), train).amin(dim=1) for x in images.split(chunk)]
+    )
+
+
+def copy_share(fake, train, held_out):
+    """The share of fake images closer (in pixels) to their nearest training image than the median
+    held-out real image is to its own. Held-out real images score 0.5 (the reference); a model
+    that returns its training images scores 1; below 0.5, its samples are farther from the
+    training images than new real images are."""
+    reference = nearest_distances(held_out, train).median()
+    return (nearest_distances(fake, train) < reference).double().mean().item()
 
 
 def in_classes(labels, classes):
@@ -470,13 +535,27 @@ def generate(path, ckpt, n, device, folder):
 
 
 # -- Putting it together --------------------------------------------------------------------------------
-def evaluate(fake, dataset, data_root, features="classifier", n=10_000, device="cpu", seed=0, classes=None):
+def evaluate(
+    fake,
+    dataset,
+    data_root,
+    features="classifier",
+    n=10_000,
+    device="cpu",
+    seed=0,
+    classes=None,
+    trained=None,
+):
     """Every metric of uint8 fake images (N x C x S x S) against up to n real training images at S x S
-    (of `classes` only, if given: a model trained on some classes is judged on those)."""
+    (of `classes` only, if given: a model trained on some classes is judged on those; trained:
+    (N, seed) of a --train_images run, whose training images are those N), and, where there are
+    real images no run trained on, fid_held_out and copy_share against those."""
     need_fidelity()
     device = torch.device(device)
     channels = 3 if features == "inception" or dataset not in LABELLED else fake.shape[1]
-    real, labels = real_images(dataset, data_root, fake.shape[-1], channels, n, seed, classes)
+    size = fake.shape[-1]
+    real, labels = real_images(dataset, data_root, size, channels, n, seed, classes, trained)
+    held = held_out_images(dataset, data_root, size, channels, n, seed, classes, trained)
     if real.shape[1] != fake.shape[1] and features == "classifier":
         common.fail(f"the images have {fake.shape[1]} channel(s); {dataset} has {real.shape[1]}")
     if min(len(fake), len(real)) < 10:
@@ -488,13 +567,23 @@ def evaluate(fake, dataset, data_root, features="classifier", n=10_000, device="
         result.update(
             class_scores(probs, labels if classes is None else labels[in_classes(labels, classes)], CLASSES)
         )
+        held_feats = classifier_outputs(net, held)[0] if held is not None else None
     else:
         net = inception_network(device)
         fake_feats, logits = inception_outputs(net, fake, device)
         result = compare(fake_feats, inception_outputs(net, real, device)[0], seed)
+        held_feats = inception_outputs(net, held, device)[0] if held is not None else None
         isc = need_fidelity()[3].isc_features_to_metric(logits, splits=10, rng_seed=seed)
         result.update(
             inception_score=isc["inception_score_mean"], inception_score_std=isc["inception_score_std"]
+        )
+    if held is not None and len(held) >= 10:
+        result["fid_held_out"] = frechet_distance(gaussian(fake_feats), gaussian(held_feats))
+        result["copy_share"] = copy_share(fake, real, held)
+        result["n_held_out"] = len(held)
+    else:
+        print(
+            "note: no real images held out from training (no test split on disk): no fid_held_out, copy_share"
         )
     result.update(n_fake=len(fake), n_real=len(real), features=features)
     if features == "classifier":
@@ -622,7 +711,8 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as tmp:
                 generate(path, ckpt, args.n, args.device, tmp)
                 fake = read_images(tmp, channels, math.inf)
-        result = evaluate(fake, dataset, data_root, features, args.n, device, args.seed, classes)
+        trained = (made["train_images"], made.get("seed", 0)) if made.get("train_images") else None
+        result = evaluate(fake, dataset, data_root, features, args.n, device, args.seed, classes, trained)
     if args.json:
         print(json.dumps(result))
     else:

@@ -177,22 +177,22 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log D(G(z))
 
 
-def d_step(G, D, opt_d, real, z):
+def d_step(G, D, opt_d, real, z, augment):
     """Ascend D's objective; the fake batch is made without a graph, so no gradient reaches G."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(real), D(fake))
+    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, z, kind):
+def g_step(G, D, opt_g, z, kind, augment):
     """Descend G's objective through D, D frozen: the gradient flows through D to G, and D's weights
     get none (under torchrun none is computed and sent, only to be thrown away)."""
     D.requires_grad_(False)
-    loss = generator_loss(D(G(z)), kind)
+    loss = generator_loss(D(augment(G(z))), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -244,8 +244,9 @@ def train(args):
         while run.running():
             for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
                 real = run.real_batch()
-                loss_d = d_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim))
-            loss_g = g_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), args.g_loss)
+                loss_d = d_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim), run.augment)
+            z = run.randn(data.batch, args.zdim)
+            loss_g = g_step(fast_G, fast_D, opt_g, z, args.g_loss, run.augment)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     run.finish([["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.g_loss} G loss)")

@@ -161,21 +161,21 @@ def generator_loss(fake_logits, kind):
     return F.softplus(-fake_logits).mean()  # -log sigmoid(D(G(z))), the non-saturating loss
 
 
-def d_step(G, D, opt_d, real, z, kind):
+def d_step(G, D, opt_d, real, z, kind, augment):
     """One D update on a real and a detached fake batch; the power iteration advances in D's forward."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(real), D(fake), kind)
+    loss = discriminator_loss(D(augment(real)), D(augment(fake)), kind)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
     return loss
 
 
-def g_step(G, D, opt_g, z, kind):
+def g_step(G, D, opt_g, z, kind, augment):
     """One G update through D; D's weights are frozen, not stepped."""
     D.requires_grad_(False)
-    loss = generator_loss(D(G(z)), kind)
+    loss = generator_loss(D(augment(G(z))), kind)
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -223,8 +223,9 @@ def train(args):
         while run.running():
             for _ in range(args.critic_repeats):  # z ~ N(0, I): run.randn gives each process its own
                 real = run.real_batch()
-                loss_d = d_step(fast_G, fast_D, opt_d, real, run.randn(len(real), args.zdim), args.loss)
-            loss_g = g_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), args.loss)
+                z = run.randn(len(real), args.zdim)
+                loss_d = d_step(fast_G, fast_D, opt_d, real, z, args.loss, run.augment)
+            loss_g = g_step(fast_G, fast_D, opt_g, run.randn(data.batch, args.zdim), args.loss, run.augment)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * args.critic_repeats, loss_d=loss_d, loss_g=loss_g)
     run.finish([["loss_d", "loss_g"]], title=f"{SCRIPT} ({args.loss} loss)")

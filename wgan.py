@@ -163,14 +163,14 @@ def clip_weights(critic, c):
         p.clamp_(-c, c)
 
 
-def critic_step(G, critic, opt_c, real, z, clip):
+def critic_step(G, critic, opt_c, real, z, clip, augment):
     """One critic update: descend f(G(z)) - f(x), then clip. Returns (loss, Wasserstein estimate).
 
     Under torchrun the update is the same on every process (averaged gradients, same weights), so
     the clipping that follows it is too."""
     with torch.no_grad():
         fake = G(z)
-    wasserstein = critic(real).mean() - critic(fake).mean()
+    wasserstein = critic(augment(real)).mean() - critic(augment(fake)).mean()  # augment: --augment
     loss = -wasserstein
     opt_c.zero_grad(set_to_none=True)
     loss.backward()
@@ -195,10 +195,10 @@ def generator_steps(args, batches):
     return total
 
 
-def generator_step(G, critic, opt_g, z):
-    """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
+def generator_step(G, critic, opt_g, z, augment):
+    """One generator update: descend -f(G(z)) (through augment). The critic's weights are frozen."""
     critic.requires_grad_(False)
-    loss = -critic(G(z)).mean()
+    loss = -critic(augment(G(z))).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -250,8 +250,8 @@ def train(args):
             for _ in range(n_critic):  # z ~ N(0, I): run.randn gives each process its own
                 real = run.real_batch()
                 z = run.randn(len(real), args.zdim)
-                loss_c, wasserstein = critic_step(fast_G, fast_critic, opt_c, real, z, args.clip)
-            loss_g = generator_step(fast_G, fast_critic, opt_g, run.randn(data.batch, args.zdim))
+                loss_c, wasserstein = critic_step(fast_G, fast_critic, opt_c, real, z, args.clip, run.augment)
+            loss_g = generator_step(fast_G, fast_critic, opt_g, run.randn(data.batch, args.zdim), run.augment)
             common.ema_update(G_ema, G, args.ema, run.step)
             run.step_done(data.batch * n_critic, loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein)
     plots = [["loss_c", "loss_g"], ["wasserstein"]]

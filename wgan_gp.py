@@ -167,15 +167,19 @@ def gradient_penalty(critic, real, fake, c_lambda, eps=None):
     return c_lambda * ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
-def critic_step(G, critic, opt_c, real, z, eps, c_lambda):
+def critic_step(G, critic, opt_c, real, z, eps, c_lambda, augment):
     """One critic update: descend f(G(z)) - f(x) + penalty. Returns (loss, W estimate, penalty).
 
     The critic runs three times (real, fake, interpolates) and the penalty's input gradient is
     taken out of place (autograd.grad, create_graph=True): one backward of the whole loss then
     gives every parameter its gradient once, which is also what DistributedDataParallel needs to
-    average it correctly under torchrun (a separate penalty.backward() would not be)."""
+    average it correctly under torchrun (a separate penalty.backward() would not be).
+
+    With --augment the critic sees augmented images only, so the penalty holds it 1-Lipschitz
+    where it is evaluated: on interpolates between the augmented real and fake batches."""
     with torch.no_grad():
-        fake = G(z)
+        fake = augment(G(z))
+    real = augment(real)
     wasserstein = critic(real).mean() - critic(fake).mean()
     penalty = gradient_penalty(critic, real, fake, c_lambda, eps)
     loss = -wasserstein + penalty
@@ -185,10 +189,10 @@ def critic_step(G, critic, opt_c, real, z, eps, c_lambda):
     return loss, wasserstein, penalty
 
 
-def generator_step(G, critic, opt_g, z):
-    """One generator update: descend -f(G(z)). The critic's weights are frozen, not stepped."""
+def generator_step(G, critic, opt_g, z, augment):
+    """One generator update: descend -f(G(z)) (through augment). The critic's weights are frozen."""
     critic.requires_grad_(False)
-    loss = -critic(G(z)).mean()
+    loss = -critic(augment(G(z))).mean()
     opt_g.zero_grad(set_to_none=True)
     loss.backward()
     opt_g.step()
@@ -239,9 +243,9 @@ def train(args):
                 real = run.real_batch()
                 z, eps = run.randn(len(real), args.zdim), run.rand(len(real), 1, 1, 1)
                 loss_c, wasserstein, penalty = critic_step(
-                    fast_G, fast_critic, opt_c, real, z, eps, args.c_lambda
+                    fast_G, fast_critic, opt_c, real, z, eps, args.c_lambda, run.augment
                 )
-            loss_g = generator_step(fast_G, fast_critic, opt_g, run.randn(data.batch, args.zdim))
+            loss_g = generator_step(fast_G, fast_critic, opt_g, run.randn(data.batch, args.zdim), run.augment)
             common.ema_update(G_ema, G, args.ema, run.step)
             losses = dict(loss_c=loss_c, loss_g=loss_g, wasserstein=wasserstein, penalty=penalty)
             run.step_done(data.batch * args.critic_repeats, **losses)

@@ -6,6 +6,7 @@ then measure its checkpoint with evaluate.py (classifier FID, KID, precision, re
     python benchmarks/quality.py dcgan --data_root DIR --minutes 4 --flags="--amp"   # script flags
 
     python benchmarks/quality.py gan_gaussian                                  # its default run, whole
+    python benchmarks/quality.py real --data_root DIR                          # real held-out digits
 
 Each budget is its own run from scratch (not checkpoints of one long run), so a figure is exactly
 what a user gets who trains that long. Each run appends one record to results/quality.jsonl
@@ -18,6 +19,7 @@ alone: two trainings on the same cores halve each other's speed.
 
 import argparse
 import json
+import math
 import re
 import shlex
 import shutil
@@ -96,6 +98,51 @@ def data_label(data_root):
         return f"MNIST from {data_root}"
 
 
+def data_sums(data_root):
+    """{file: SHA-256} of the MNIST IDX files a run read, so a record names its exact data
+    (benchmarks/mnist_subset.py builds the 4,000-digit subset whose sums it checks)."""
+    import hashlib
+
+    raw = Path(data_root) / "MNIST" / "raw"
+    names = [f"{s}-{k}-idx{d}-ubyte" for s in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))]
+    return {n: hashlib.sha256((raw / n).read_bytes()).hexdigest() for n in names if (raw / n).is_file()}
+
+
+METRICS = ("fid", "kid", "precision", "recall", "fid_held_out", "copy_share")
+
+
+def run_real(args):
+    """The floor of the models table: the data set's real held-out digits, measured as a model's
+    samples are (the same --n images against the same training images)."""
+    sys.path.insert(0, str(ROOT))
+    import evaluate
+
+    folder = Path(tempfile.mkdtemp(prefix="real_held_out_"))
+    held = evaluate.held_out_split("mnist", args.data_root)
+    if held is None:
+        raise SystemExit(f"{args.data_root} has no MNIST test split")
+    import common
+
+    images = held[0][evaluate.subset(len(held[0]), args.n, 0)]
+    common.save_pngs(images.float().div(127.5).sub(1), folder)
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), str(folder), "--data_root", args.data_root]
+    result = subprocess.run([*cmd, "--n", str(args.n), "--json"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"evaluate.py failed:\n{result.stderr[-3000:]}")
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    # the held-out images against themselves: fid_held_out 0 and copy_share 0.5 say nothing
+    row = records.new_record(
+        "quality", args.device, script="real", flags="", data=data_label(args.data_root),
+        data_sha256=data_sums(args.data_root), n=len(images),
+        metrics={k: metrics[k] for k in ("fid", "kid", "precision", "recall") if k in metrics},
+        note="real held-out digits (the test split) measured as samples are: the floor of the table",
+    )  # fmt: skip
+    if args.record:
+        records.append(row, args.results)
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
 def keep_image(image, grids, name):
     """Copy a run's image to GRIDS/NAME (a path from the repository root when it lies inside it)."""
     grids = Path(grids)
@@ -136,7 +183,7 @@ def run_gaussian(args, extra):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("script", choices=[*SCRIPTS, "all", "gan_gaussian"])
+    parser.add_argument("script", choices=[*SCRIPTS, "all", "gan_gaussian", "real"])
     parser.add_argument("--data_root", default=None, help="MNIST folder (torchvision layout); image scripts")
     parser.add_argument("--minutes", type=float, nargs="+", default=[8.0], help="budgets (default 8)")
     parser.add_argument("--n", type=int, default=1000, help="samples to measure (default 1000)")
@@ -154,6 +201,8 @@ def main(argv=None):
         return run_gaussian(args, ["--device", args.device, *shlex.split(args.flags)])
     if args.data_root is None:
         parser.error("--data_root is required for the image scripts")
+    if args.script == "real":
+        return run_real(args)
     scripts = SCRIPTS if args.script == "all" else [args.script]
     keep = Path(args.out or tempfile.mkdtemp(prefix="quality_"))
     # "--quality" only adds the in-training figure: the run's flags are otherwise the defaults
@@ -168,9 +217,9 @@ def main(argv=None):
             metrics = measure(out / "checkpoint.pt", args.data_root, args.n, args.device)
             row = records.new_record(
                 "quality", args.device, script=script, flags=flags, data=data_label(args.data_root),
-                budget_min=minutes, wall_s=round(wall, 1), steps=int(float(log["step"])),
-                images_per_s=round(float(log["images_per_s"])), n=args.n,
-                metrics={k: metrics[k] for k in ("fid", "kid", "precision", "recall") if k in metrics},
+                data_sha256=data_sums(args.data_root), budget_min=minutes, wall_s=round(wall, 1),
+                steps=int(float(log["step"])), images_per_s=round(float(log["images_per_s"])), n=args.n,
+                metrics={k: metrics[k] for k in METRICS if k in metrics},
                 trajectory=trajectory(log_rows(out)),
             )  # fmt: skip
             if args.note:
@@ -182,13 +231,13 @@ def main(argv=None):
                 records.append(row, args.results)
             print(json.dumps(row), flush=True)
             rows.append(row)
-    print("\n| script | minutes | FID | KID | precision | recall | G steps | images/s | flags |")
+    print("\n| script | minutes | FID | held-out FID | copy share | precision | recall | G steps | flags |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        m = r["metrics"]
+        m = {"fid_held_out": math.nan, "copy_share": math.nan, **r["metrics"]}
         print(
-            f"| {r['script']} | {r['budget_min']:g} | {m['fid']:.1f} | {m['kid']:.3f} | "
-            f"{m['precision']:.2f} | {m['recall']:.2f} | {r['steps']} | {r['images_per_s']:.0f} | "
+            f"| {r['script']} | {r['budget_min']:g} | {m['fid']:.1f} | {m['fid_held_out']:.1f} | "
+            f"{m['copy_share']:.2f} | {m['precision']:.2f} | {m['recall']:.2f} | {r['steps']} | "
             f"{r['flags']} |"
         )
     print(f"\nmachine: {records.machine_label(rows[0]['machine'])}; runs kept in {keep}")
