@@ -179,8 +179,9 @@ def add_common_flags(
         default=None,
         help="checkpoint to continue from exactly where it stopped, with its flags unless given again; "
         "the machine's flags (--device, --amp, --compile, --deterministic, --sync_bn, --workers) are "
-        "this run's (default: none)",
+        f"this run's. {RESUME_AUTO_HELP} (default: none)",
     )
+    add_save_minutes(parser)
     p(
         "--generate",
         type=positive_int,
@@ -221,6 +222,23 @@ def add_common_flags(
             default=None,
             help="DataLoader workers for celeba/folder (default: cores)",
         )
+
+
+RESUME_AUTO_HELP = (
+    "--resume auto: OUT/checkpoint.pt when there is one, else a fresh start, so that the same command "
+    "can be run again after a restart or a requeue"
+)
+SAVE_MINUTES = 10.0  # a save costs under a second (docs/distributed.md): under 0.2% of the time
+
+
+def add_save_minutes(parser):
+    parser.add_argument(
+        "--save_minutes",
+        type=nonnegative_float,
+        default=SAVE_MINUTES,
+        help=f"also save the checkpoint every M minutes of training, so a run killed without warning "
+        f"loses at most M minutes; 0: at epoch ends (and on a stop) only (default {SAVE_MINUTES:g})",
+    )
 
 
 def add_speed_flags(parser, compile_help=None):
@@ -282,10 +300,16 @@ def parse_args(parser, argv):
     """Parse, then with --resume take every flag the user did not write from the checkpoint, except
     the machine's (MACHINE_FLAGS) and those of this invocation (--resume, --generate, --max_steps)."""
     args = parser.parse_args(argv)
+    if args.resume == "auto":  # continue the run in OUT if there is one: the same command, every time
+        found = Path(args.out) / "checkpoint.pt"
+        args.resume, args.resumed_auto = (str(found), True) if found.is_file() else (None, False)
+        if args.generate is not None and args.resume is None:
+            parser.error(f"--generate with --resume auto: no checkpoint in {args.out}")
     if args.generate is not None and args.resume is None:
         parser.error("--generate needs --resume CHECKPOINT (the model to sample from)")
     if args.resume is not None:
         given = explicit_flags(parser, argv) | set(MACHINE_FLAGS) | {"resume", "generate", "max_steps"}
+        given |= {"resumed_auto", "save_minutes"}  # how this run saves is this run's, like the machine
         ckpt = load_checkpoint_file(args.resume)
         if getattr(parser, "script", None) and ckpt.get("script") != parser.script:
             check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
@@ -479,6 +503,9 @@ def load_checkpoint_file(path):
         fail(f"--resume {path}: not a readable checkpoint ({type(e).__name__}: {e})")
 
 
+EXIT_PREEMPTED = 143  # 128 + SIGTERM's 15: what a shell reports for a process ended by SIGTERM
+
+
 class StopRequest:
     """Ctrl-C (SIGINT) or SIGTERM sets a flag that the loop reads between steps, so the checkpoint
     is at a step boundary. A second one interrupts at once. Under torchrun the agent passes the
@@ -490,6 +517,7 @@ class StopRequest:
         # under torchrun a repeat is ignored: a job scheduler may signal every process and torchrun
         # pass it on again, and the processes must stop together; torchrun kills them 30 s later
         self.requested, self.verbose, self.repeat_aborts = False, verbose, repeat_aborts
+        self.signal = None
 
     def __enter__(self):
         self._previous = {}
@@ -506,7 +534,7 @@ class StopRequest:
             if self.repeat_aborts:
                 raise KeyboardInterrupt
             return
-        self.requested = True
+        self.requested, self.signal = True, signum
         if self.verbose:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
             print(f"\n{name}: finishing this step, saving a checkpoint and the plots (again to abort)")
@@ -554,7 +582,19 @@ def start_processes(device):
     backend = "nccl" if device.type == "cuda" else "gloo"
     # no device_id= (torch 2.3 and later): set_device above already gives NCCL this process's GPU, and
     # with device_id NCCL can hang in torch 2.6 to 2.7.0 (pytorch#153960)
-    torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0":
+        torch.distributed.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+        return device
+    # torchrun --max-restarts started this group again on the store of the first attempt, which still
+    # holds that attempt's addresses: a process that reads them before its peer has written the new
+    # ones connects to a dead process (seen with gloo, about one restart in four). A key prefix of
+    # this attempt's own leaves the old keys unread.
+    store, rank, size = next(torch.distributed.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    store = torch.distributed.PrefixStore(f"restart_{restart}/", store)
+    torch.distributed.init_process_group(
+        backend, store=store, rank=rank, world_size=size, timeout=PROCESS_GROUP_TIMEOUT
+    )
     return device
 
 
@@ -1264,6 +1304,7 @@ class Run:
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.log, self._stop, self._stop_step = None, None, None, None
+        self._save_due, self.stop_kind, self.saved_at = False, None, time.monotonic()
         self.augment = DiffAugment(getattr(args, "augment", "none"), self.rand)  # --augment: D(augment(x))
 
     @property
@@ -1345,6 +1386,7 @@ class Run:
                     )
         if self.processes > 1:
             self._check_same_weights(states)
+        self.saved_at = time.monotonic()
         if not self.main:
             return
         made = {"script": self.script, "args": vars(self.args), "step": self.step}
@@ -1427,8 +1469,13 @@ class Run:
         about = about or f"{args.dataset}, {len(data)} batches of {data.batch} per epoch"
         amp = " (bfloat16 autocast; --no-amp for float32)" if self.amp else ""
         where = f"{self.device}, {self.processes} processes" if self.processes > 1 else f"{self.device}"
+        auto = ""
+        if getattr(args, "resumed_auto", None) is not None:  # --resume auto says what it found
+            found = f"resumed at step {self.step}" if self.ckpt else "no checkpoint, a fresh start"
+            auto = f"; --resume auto: {found}"
         if self.main:
-            print(f"{self.script}: {about}, {self.total} steps on {where}{amp}", flush=True)
+            print(f"{self.script}: {about}, {self.total} steps on {where}{amp}{auto}", flush=True)
+        self.saved_at = time.monotonic()  # --save_minutes counts from here
 
     def epoch(self):
         return self.batches_done // len(self.data) if self.data else 0
@@ -1447,14 +1494,23 @@ class Run:
         return self.step < self.total and not self._stopping()
 
     def _stopping(self):
-        """Ctrl-C seen here, or under torchrun in any process: all stop after the same step."""
-        stop = bool(self._stop and self._stop.requested)
-        if self.processes == 1:
-            return stop
-        if self._stop_step != self.step:  # one agreement per step, on the CPU: no wait for the GPU
-            flag = torch.tensor([float(stop)])
-            torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.control)
-            self._stop_step, self._stop_agreed = self.step, bool(flag.item())
+        """Ctrl-C seen here, or under torchrun in any process: all stop after the same step.
+
+        The same agreement carries rank 0's clock (is a --save_minutes save due?) and the kind of
+        stop (SIGTERM, which ends with EXIT_PREEMPTED, beats Ctrl-C), so all processes save at the
+        same step and exit alike. One process reads its own flag at every call."""
+        seen = self._stop.signal if self._stop and self._stop.requested else 0
+        if self._stop_step != self.step or self.processes == 1:
+            flags = [2.0 if seen == signal.SIGTERM else float(bool(seen)), self._save_due]
+            if self._stop_step != self.step:  # rank 0's clock, once per step
+                minutes = getattr(self.args, "save_minutes", 0) or 0
+                flags[1] = self.main and minutes > 0 and time.monotonic() - self.saved_at >= minutes * 60
+                if self.processes > 1:  # on the CPU, once per step: no wait for the GPU
+                    flag = torch.tensor([float(f) for f in flags])
+                    torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.control)
+                    flags = flag.tolist()
+            self._stop_step, self._stop_agreed, self._save_due = self.step, flags[0] > 0, bool(flags[1])
+            self.stop_kind = "SIGTERM" if flags[0] == 2 else "stop" if flags[0] else None
         return self._stop_agreed
 
     def real_batch(self):
@@ -1474,12 +1530,14 @@ class Run:
         epoch, every = self.epoch(), getattr(self.args, "sample_every", None)
         new_epoch, last = epoch > self.last_epoch, not self.running()
         saving = new_epoch or (every and self.step % every == 0)
+        on_clock = self._save_due and not saving and not last  # --save_minutes (the last step saves anyway)
         # a forced row before a save: the losses are checked finite before they are saved
         measure = last or (new_epoch and self.log.elapsed() >= self.quality_due)
-        self._log_row(force=saving or last, **(self._fid() if measure else {}))
+        self._log_row(force=saving or on_clock or last, **(self._fid() if measure else {}))
         if saving:
             self._save_grids(f"epoch_{epoch:04d}" if new_epoch else f"step_{self.step:06d}")
             self.last_epoch = epoch
+        if saving or on_clock:
             self.save()
 
     def _save_grids(self, name):
@@ -1540,7 +1598,8 @@ class Run:
         self.save()
         stopped = self._stopping()
         if not self.main:
-            return self.end()
+            self.end()
+            return self.exit_if_preempted(stopped)
         if self.grid_at != self.step:
             self._save_grids(f"step_{self.step:06d}")
         for folder in self.grid_folders:
@@ -1559,6 +1618,17 @@ class Run:
             save_grid(images, self.out / "interpolation.png", nrow=10)
         print(f"{'stopped' if stopped else 'done'} at step {self.step}; outputs in {self.out}")
         self.end()
+        self.exit_if_preempted(stopped)
+
+    def exit_if_preempted(self, stopped):
+        """A run stopped by SIGTERM (a scheduler's preemption) before its last step exits with
+        EXIT_PREEMPTED once all is saved, so that a requeue can tell "not finished" from "done"."""
+        if stopped and self.stop_kind == "SIGTERM" and self.step < self.total:
+            if self.main:
+                print(
+                    f"SIGTERM: exit status {EXIT_PREEMPTED}; run the same command with --resume auto to go on"
+                )
+            raise SystemExit(EXIT_PREEMPTED)
 
     def end(self):
         """Under torchrun: wait for every process (rank 0 writes last), then leave the process group."""

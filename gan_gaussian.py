@@ -85,7 +85,12 @@ def build_parser():
     p("--out", default="runs/gan_gaussian", help="run folder (default runs/gan_gaussian)")
     p("--seed", type=int, default=0, help="seeds torch, numpy and python (default 0)")
     p("--max_steps", type=common.positive_int, default=None, help="stop after N generator updates")
-    p("--resume", default=None, help="checkpoint to continue from (its flags, but this run's --device)")
+    p(
+        "--resume",
+        default=None,
+        help=f"checkpoint to continue from (its flags, but this run's --device). {common.RESUME_AUTO_HELP}",
+    )
+    common.add_save_minutes(parser)
     p(
         "--generate",
         type=common.positive_int,

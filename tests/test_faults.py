@@ -89,7 +89,12 @@ def test_a_stop_saves_its_step_and_resuming_it_is_exact_to_the_bit(
 
     with monkeypatch.context() as m:
         stop_with(m, sig, at_step=2)
-        module.main([*base, "--max_steps", steps, "--out", str(tmp_path / "stopped")])
+        if sig == signal.SIGINT:  # the user asked: a normal end
+            module.main([*base, "--max_steps", steps, "--out", str(tmp_path / "stopped")])
+        else:  # a scheduler's preemption: saved, then the exit status that says "not finished"
+            with pytest.raises(SystemExit) as end:
+                module.main([*base, "--max_steps", steps, "--out", str(tmp_path / "stopped")])
+            assert end.value.code == common.EXIT_PREEMPTED == 143
     assert "stopped at step 2" in capsys.readouterr().out
     ckpt = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 2  # the step at which the stop was asked, not an epoch end's
