@@ -13,6 +13,7 @@ A page asks for a table with a pair of markers; everything between them is repla
     <!-- report:levers SCRIPT|all -->   changes tried against the defaults, beside their baseline run
     <!-- report:throughput -->          images/s rows
     <!-- report:layout -->              channels_last against contiguous, newest run per machine
+    <!-- report:save_cost -->           seconds of one checkpoint save per script, newest run per machine
     <!-- report:kind KIND SCRIPT|all --> any other kind of record, as one table
     <!-- /report -->
 
@@ -57,7 +58,14 @@ def num(value, digits=None):
     return f"{value:,.{digits}f}"
 
 
-METRICS = {"fid": ("FID", 1), "kid": ("KID", 3), "precision": ("precision", 2), "recall": ("recall", 2)}
+METRICS = {
+    "fid": ("FID", 1),
+    "kid": ("KID", 3),
+    "precision": ("precision", 2),
+    "recall": ("recall", 2),
+    "fid_held_out": ("held-out FID", 1),
+    "copy_share": ("copy share", 2),
+}
 
 
 def machine(r):
@@ -159,6 +167,12 @@ def block_models(rs, base):
         when = f"{r['date']}, {machine(r)}" if r else "-"
         doc = f"docs/{script}.md" if base == "README.md" else f"{script}.md"
         rows.append([f"[`{script}.py`]({doc})", paper, shows, figure, when])
+    floor = [r for r in of(rs, "quality", "real") if measured(r) and day(r) == current_day(rs)]
+    if floor:  # the best a model's 1,000 samples can score: 1,000 real digits it never trained on
+        r = newest_first(floor)[0]
+        shows = "the floor: real digits no model trained on, measured as samples are"
+        figure, when = f"FID {num(r['metrics'].get('fid'))}", f"{r['date']}, {machine(r)}"
+        rows.append(["real held-out digits", "-", shows, figure, when])
     return table(
         ["script", "paper", "what it shows", "8 minutes, CPU (gan_gaussian: whole run)", "measured"], rows
     )
@@ -356,6 +370,23 @@ def block_layout(rs, base):
     return "\n\n".join(parts) or "no layout record yet: run `python benchmarks/layout.py`"
 
 
+def block_save_cost(rs, base):
+    """docs/distributed.md: the newest benchmarks/save_cost.py run per machine, a row per script."""
+    newest = {}
+    for r in newest_first([r for r in of(rs, "save_cost") if measured(r)]):
+        newest.setdefault(machine(r), r)
+    head = ["script", "flags", "checkpoint", "one save", "share of the time at the default --save_minutes"]
+    parts = []
+    for label, r in sorted(newest.items()):
+        rows = [[f"`{x['script']}.py`", x["flags"] or "defaults", f"{x['bytes'] / 1e6:.1f} MB",
+                 f"{x['seconds']:.3f} s", f"{100 * x['share_at_default']:.3f}%"]
+                for x in r["rows"]]  # fmt: skip
+        note = f" ({r['note']})" if r.get("note") else ""
+        parts.append(f"{label}, {r['date']}, commit {r['commit']}, --save_minutes {r['save_minutes']:g}: "
+                     f"`python benchmarks/{r['command']}`{note}\n\n" + table(head, rows))  # fmt: skip
+    return "\n\n".join(parts) or "no record yet: run `python benchmarks/save_cost.py`"
+
+
 def render_block(rs, spec, base):
     words = spec.split()
     if words == ["models"]:
@@ -372,6 +403,8 @@ def render_block(rs, spec, base):
         return block_kind(rs, "throughput", "all", base)
     if words == ["layout"]:
         return block_layout(rs, base)
+    if words == ["save_cost"]:
+        return block_save_cost(rs, base)
     if words[0] == "kind" and len(words) == 3:
         return block_kind(rs, words[1], words[2], base)
     raise SystemExit(f"{base}: unknown report marker <!-- report:{spec} -->")
