@@ -11,7 +11,7 @@ A page asks for a table with a pair of markers; everything between them is repla
     <!-- report:results SCRIPT -->      SCRIPT's runs, the public implementations' runs of the same day and
                                         machine beside ours, and its quality-over-training curve
     <!-- report:levers SCRIPT|all -->   changes tried against the defaults, beside their baseline run
-    <!-- report:throughput -->          images/s rows
+    <!-- report:throughput -->          images/s: each machine's newest row of each configuration
     <!-- report:layout -->              channels_last against contiguous, newest run per machine
     <!-- report:save_cost -->           seconds of one checkpoint save per script, newest run per machine
     <!-- report:kind KIND SCRIPT|all --> any other kind of record, as one table
@@ -220,7 +220,8 @@ def block_results(rs, script, base):
                 f"{num(shown.get('steps'))} steps, {shown['date']}, {machine(shown)}, {provenance(shown)}."
             )
         return "\n\n".join(parts)
-    runs = newest_first([r for r in of(rs, "quality", script)])
+    # a lever's runs are in the page's levers table (and every run in docs/results.md)
+    runs = newest_first([r for r in of(rs, "quality", script) if not r.get("lever")])
     head = [
         "minutes",
         "flags",
@@ -399,8 +400,12 @@ def render_block(rs, spec, base):
         return block_results(rs, words[1], base)
     if words[0] == "levers" and len(words) == 2:
         return block_levers(rs, words[1], base)
-    if words == ["throughput"]:
-        return block_kind(rs, "throughput", "all", base)
+    if words == ["throughput"]:  # per machine, the newest row of each configuration; all in results.md
+        newest = {}
+        for r in newest_first(of(rs, "throughput")):
+            key = (machine(r), r.get("script"), r.get("variant"), r.get("flags"), r.get("processes"))
+            newest.setdefault(key, r)
+        return block_kind(list(newest.values()), "throughput", "all", base)
     if words == ["layout"]:
         return block_layout(rs, base)
     if words == ["save_cost"]:
