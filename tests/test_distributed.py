@@ -96,9 +96,10 @@ def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mn
 @pytest.mark.parametrize("name", ["wgan_gp", "sn_dcgan"])
 def test_two_processes_with_batch_b_train_as_one_with_batch_2b(name, mnist_root, tmp_path):
     """The gradient of the critic (with wgan_gp's penalty) averaged over 2 processes of batch b is the
-    gradient of one process with batch 2b: same real images, same noise, same weights after 3 steps.
+    gradient of one process with batch 2b: same real images, same noise, same augmentation (each
+    process draws its own share of one draw), same weights after 3 steps.
     G's BatchNorm statistics are frozen in both runs (see distributed_worker.py)."""
-    steps = ["--max_steps", "3", "--epochs", "10"]
+    steps = ["--max_steps", "3", "--epochs", "10", "--augment", "color,translation,cutout"]
     two = subprocess.run(
         command(name, tmp_path / "two", [*script_args(name, mnist_root, batch=4), *steps], freeze=True),
         capture_output=True,
