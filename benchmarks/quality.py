@@ -210,7 +210,9 @@ def main(argv=None):
     rows = []
     for script in scripts:
         for minutes in args.minutes:
-            out = keep / f"{script}_{minutes:g}min"
+            # a folder of its own, emptied: a grid left by an earlier run with other flags is not this run's
+            out = keep / f"{script}_{minutes:g}min{'_' + slug(flags) if flags else ''}"
+            shutil.rmtree(out, ignore_errors=True)
             extra = ["--device", args.device, *shlex.split(args.flags)]
             wall = train_for(script, minutes, args.data_root, out, extra)
             log = [r for r in log_rows(out) if r.get("images_per_s")][-1]
