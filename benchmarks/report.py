@@ -99,6 +99,13 @@ def flags(r):
     return f"`{r['flags']}`" if r.get("flags") else "defaults"
 
 
+def metric_table(head, rows):
+    """table(), less the metric columns that no row has (older records carry no held-out FID)."""
+    names = {h for h, _ in METRICS.values()}
+    keep = [i for i, h in enumerate(head) if h not in names or any(row[i] != "-" for row in rows)]
+    return table([head[i] for i in keep], [[row[i] for i in keep] for row in rows])
+
+
 def metric_cells(r):
     m = r.get("metrics", {})
     return [num(m.get(k), d) for k, (_, d) in METRICS.items()]
@@ -198,10 +205,10 @@ def block_summary(rs, base):
         for r, who in ((ours, f"ours: `{ours['script']}.py`"), (p, p["script"])):
             pairs.append([who, num(r.get("budget_min")), *metric_cells(r), num(r.get("steps")),
                           num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
-    parts = [table(head, rows)]
+    parts = [metric_table(head, rows)]
     if pairs:
         parts += ["Beside the public implementations, each pair from one day and machine:",
-                  table(["implementation", *head[1:]], pairs)]  # fmt: skip
+                  metric_table(["implementation", *head[1:]], pairs)]  # fmt: skip
     return "\n\n".join(parts)
 
 
@@ -237,7 +244,7 @@ def block_results(rs, script, base):
          num(r.get("images_per_s")), r.get("date"), machine(r), link(r.get("grid"), base)]
         for r in runs
     ]  # fmt: skip
-    parts = [table(head, rows) if rows else "No runs recorded yet."]
+    parts = [metric_table(head, rows) if rows else "No runs recorded yet."]
     pairs = []
     for p in newest_first([p for p in of(rs, "public") if ours_for(p) == script]):
         ours = defaults_run(rs, script, p.get("budget_min"), on_day=day(p))
@@ -260,7 +267,7 @@ def block_results(rs, script, base):
         ]
         parts += [
             "Beside the public implementations (same protocol, same day and machine):",
-            table(head, pairs),
+            metric_table(head, pairs),
         ]
     with_grid = [r for r in runs if r.get("grid") and not r.get("flags")]
     shown = next(iter([r for r in with_grid if measured(r)] + with_grid), None)
