@@ -16,6 +16,8 @@ from PIL import Image
 import common
 import dcgan
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 SMALL = ["--hidden_dim", "8", "--batch", "16", "--zdim", "16", "--device", "cpu"]
 
 
@@ -115,7 +117,7 @@ def test_separate_real_and_fake_passes_through_d():
     batches = []
     D.register_forward_pre_hook(lambda m, inp: batches.append(len(inp[0])))
     opt = torch.optim.Adam(D.parameters())
-    dcgan.discriminator_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, torch.randn(6, 16))
+    dcgan.discriminator_step(G, D, opt, torch.rand(6, 1, 16, 16) * 2 - 1, torch.randn(6, 16), NO_AUGMENT)
     assert batches == [6, 6]
 
 

@@ -10,6 +10,8 @@ from PIL import Image
 import common
 import dcgan_classwise as cw
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 SMALL = ["--hidden_dim", "8", "--batch", "16", "--zdim", "16", "--image_size", "16", "--device", "cpu"]
 
 
@@ -55,9 +57,9 @@ def test_each_pair_sees_only_its_own_class(mnist_root, tmp_path, monkeypatch):
     seen = []
     real_d_step = cw.d_step
 
-    def recording_d_step(G, D, opt_d, real, z):
+    def recording_d_step(G, D, opt_d, real, z, augment):
         seen.append((D, classes_of(real)))
-        return real_d_step(G, D, opt_d, real, z)
+        return real_d_step(G, D, opt_d, real, z, augment)
 
     monkeypatch.setattr(cw, "d_step", recording_d_step)
     pairs = cw.main(
@@ -79,8 +81,8 @@ def test_training_one_pair_leaves_the_others_unchanged(mnist_root):
     before = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     noise_before = four.noise.get_state()
     for _ in range(3):
-        cw.d_step(one.G, one.D, one.opt_d, one.reader.next(), one.z(one.data.batch))
-        cw.g_step(one.G, one.D, one.opt_g, one.z(one.data.batch))
+        cw.d_step(one.G, one.D, one.opt_d, one.reader.next(), one.z(one.data.batch), NO_AUGMENT)
+        cw.g_step(one.G, one.D, one.opt_g, one.z(one.data.batch), NO_AUGMENT)
     after = snapshot({1: (one.G, one.D), 4: (four.G, four.D)}.items())
     assert not same(before[1], after[1])  # the trained pair did change
     assert same(before[4], after[4]) and torch.equal(noise_before, four.noise.get_state())
@@ -120,9 +122,9 @@ def test_cifar_pairs_see_only_their_class_and_use_its_name(cifar_root, tmp_path,
     seen = []
     real_d_step = cw.d_step
 
-    def recording_d_step(G, D, opt_d, real, z):
+    def recording_d_step(G, D, opt_d, real, z, augment):
         seen.append((D, {red_class(im) for im in real}))
-        return real_d_step(G, D, opt_d, real, z)
+        return real_d_step(G, D, opt_d, real, z, augment)
 
     monkeypatch.setattr(cw, "d_step", recording_d_step)
     args = ["--dataset", "cifar10", "--data_root", cifar_root, *SMALL, "--out", str(tmp_path)]

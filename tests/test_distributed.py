@@ -60,7 +60,8 @@ def start_and_interrupt(cmd, out, after_rows=2, timeout=180):
     return proc, proc.communicate(timeout=120)[0]
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
+# sn_dcgan's two processes are held to one process's weights by the test below (a stronger check)
+@pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "sn_dcgan"])
 def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mnist_root, tmp_path, capsys):
     """Ctrl-C under torchrun: both processes stop at the same step with the same weights, only
     rank 0 wrote (rank 1's folder stays empty), and its checkpoint resumes in a single process.

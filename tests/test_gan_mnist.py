@@ -12,6 +12,8 @@ from PIL import Image
 import common
 import gan_mnist
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 TINY = ["--hidden_dim", "8", "--batch", "16", "--zdim", "8", "--device", "cpu", "--log_every", "1"]
 
 
@@ -48,7 +50,7 @@ def test_d_step_leaves_generator_untouched():
     G, D, opt_g, opt_d = nets()
     before = {k: v.clone() for k, v in G.state_dict().items()}
     d_before = [p.clone() for p in D.parameters()]
-    gan_mnist.d_step(G, D, opt_d, torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 8))
+    gan_mnist.d_step(G, D, opt_d, torch.rand(16, 1, 28, 28) * 2 - 1, torch.randn(16, 8), NO_AUGMENT)
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
     assert all(p.grad is None for p in G.parameters())  # the fake batch was detached
     assert any(not torch.equal(a, b) for a, b in zip(d_before, D.parameters(), strict=True))
@@ -58,7 +60,7 @@ def test_g_step_leaves_discriminator_unchanged():
     G, D, opt_g, opt_d = nets()
     before = {k: v.clone() for k, v in D.state_dict().items()}
     g_before = [p.clone() for p in G.parameters()]
-    gan_mnist.g_step(G, D, opt_g, torch.randn(16, 8), "nonsaturating")
+    gan_mnist.g_step(G, D, opt_g, torch.randn(16, 8), "nonsaturating", NO_AUGMENT)
     assert all(torch.equal(before[k], v) for k, v in D.state_dict().items())
     assert all(p.grad is None for p in D.parameters())  # frozen: none computed (none sent under DDP)
     assert all(p.requires_grad for p in D.parameters())  # and trainable again for its own step

@@ -31,12 +31,12 @@ def trained(path):
     return {name: ckpt[name] for name in ("G", "D", "G_ema", "opt_g", "opt_d")}
 
 
-@pytest.mark.parametrize("name", ["dcgan", "gan_gaussian"])
+@pytest.mark.parametrize("name", ["dcgan"])
 def test_the_same_command_with_resume_auto_continues_a_preempted_run_bit_for_bit(
     name, mnist_root, tmp_path, monkeypatch, capsys
 ):
     module = importlib.import_module(name)
-    base = ["--device", "cpu"] if name == "gan_gaussian" else dcgan_args(mnist_root, "--batch", "8")
+    base = dcgan_args(mnist_root, "--batch", "8")
     base += ["--max_steps", "20"]  # dcgan: 15 batches an epoch, so the resumed run passes an epoch end
     module.main([*base, "--out", str(tmp_path / "whole")])
     again = [*base, "--resume", "auto", "--out", str(tmp_path / "auto")]
@@ -77,29 +77,6 @@ def log_rows(out):
     return common.read_log(out) if log.exists() and len(log.read_text().splitlines()) > 1 else []
 
 
-def test_a_run_killed_without_a_signal_loses_at_most_save_minutes(mnist_root, tmp_path):
-    """SIGKILL mid-epoch (60 batches of 2 an epoch): the checkpoint is at most --save_minutes (0.1 s)
-    and a step behind the last logged step, and the same command then ends as an unkilled run."""
-    argv = [*dcgan_args(mnist_root, "--batch", "2", "--log_every", "1"), "--max_steps", "150"]
-    clocked = [sys.executable, str(ROOT / "dcgan.py"), *argv, "--save_minutes", "0.0017", "--resume", "auto"]
-    subprocess.run([*clocked, "--out", str(tmp_path / "whole")], check=True, capture_output=True, env=ENV)
-    out = tmp_path / "killed"
-    proc = subprocess.Popen([*clocked, "--out", str(out)], stdout=subprocess.DEVNULL, env=ENV)
-    deadline = time.monotonic() + 120
-    while len(log_rows(out)) < 40 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
-    assert proc.wait() == -signal.SIGKILL
-    rows, ckpt = log_rows(out), torch.load(out / "checkpoint.pt", weights_only=False)
-    assert 40 <= len(rows) < 150 and ckpt["step"] % 60 != 0  # a save on the clock, not at an epoch end
-    seconds = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
-    step_time = max(b - a for a, b in zip(list(seconds.values()), list(seconds.values())[1:]))
-    assert seconds[len(rows)] - seconds[ckpt["step"]] <= 0.0017 * 60 + 2 * step_time
-    resumed = subprocess.run([*clocked, "--out", str(out)], capture_output=True, text=True, env=ENV)
-    assert resumed.returncode == 0 and f"--resume auto: resumed at step {ckpt['step']}" in resumed.stdout
-    assert_same(trained(tmp_path / "whole" / "checkpoint.pt"), trained(out / "checkpoint.pt"), "checkpoint")
-
-
 def rank1_of(out):
     """The pid of the process of rank 1 of the torchrun job writing to `out` (Linux: /proc)."""
     for entry in Path("/proc").iterdir():
@@ -119,10 +96,11 @@ def rank1_of(out):
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 through /proc (Linux)")
 def test_torchrun_restarts_a_killed_process_and_the_run_ends_as_if_never_killed(mnist_root, tmp_path):
-    """2 processes (gloo), --max-restarts 1: rank 1 SIGKILLed mid-run; torchrun restarts the group,
-    both resume from the last checkpoint (--resume auto), the job exits 0 with the weights of a job
-    that was never killed, bit for bit."""
-    argv = [*dcgan_args(mnist_root, "--batch", "4", "--log_every", "1"), "--max_steps", "60"]
+    """2 processes (gloo), --max-restarts 1: rank 1 SIGKILLed mid-epoch (no signal handler runs, no
+    save on the way out); the checkpoint it left is at most --save_minutes (0.1 s) and a step behind
+    the last logged step; torchrun restarts the group, both processes resume from that checkpoint
+    (--resume auto), and the job exits 0 with the weights of a job never killed, bit for bit."""
+    argv = [*dcgan_args(mnist_root, "--batch", "2", "--log_every", "1"), "--max_steps", "40"]
     argv += ["--save_minutes", "0.0017", "--resume", "auto"]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     launch += ["--max-restarts=1", str(ROOT / "dcgan.py")]
@@ -137,11 +115,16 @@ def test_torchrun_restarts_a_killed_process_and_the_run_ends_as_if_never_killed(
         env=ENV,
     )
     deadline = time.monotonic() + 120
-    while len(log_rows(out)) < 12 and proc.poll() is None and time.monotonic() < deadline:
+    while len(log_rows(out)) < 8 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     victim = rank1_of(out)
     assert proc.poll() is None and victim, "the job ended before it could be killed"
     os.kill(victim, signal.SIGKILL)
+    rows, ckpt = log_rows(out), torch.load(out / "checkpoint.pt", weights_only=False)  # before the restart
+    assert ckpt["step"] % 30 != 0  # 30 global batches of 4 an epoch: a save on the clock, not an epoch's
+    seconds = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
+    step_time = max(b - a for a, b in zip(list(seconds.values()), list(seconds.values())[1:]))
+    assert seconds[max(seconds)] - seconds[ckpt["step"]] <= 0.0017 * 60 + 2 * step_time
     try:
         output = proc.communicate(timeout=180)[0]
     except subprocess.TimeoutExpired:  # a hang: show where the job stood
@@ -149,5 +132,5 @@ def test_torchrun_restarts_a_killed_process_and_the_run_ends_as_if_never_killed(
         output = proc.communicate()[0]
         raise AssertionError(f"the job hung after rank 1 was killed:\n{output[-5000:]}") from None
     assert proc.returncode == 0, output[-3000:]
-    assert "--resume auto: resumed at step" in output and "done at step 60" in output, output[-3000:]
+    assert "--resume auto: resumed at step" in output and "done at step 40" in output, output[-3000:]
     assert_same(trained(tmp_path / "whole" / "checkpoint.pt"), trained(out / "checkpoint.pt"), "checkpoint")

@@ -16,6 +16,8 @@ from torch.overrides import TorchFunctionMode
 import common
 import sn_dcgan
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 CPU = torch.device("cpu")
 TINY = ["--hidden_dim", "8", "--batch", "16", "--image_size", "16", "--zdim", "8", "--device", "cpu"]
 
@@ -113,7 +115,7 @@ def test_generator_step_leaves_d_unchanged():
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
     d_before = [p.detach().clone() for p in D.parameters()]
     g_before = [p.detach().clone() for p in G.parameters()]
-    sn_dcgan.g_step(G, D, opt_g, torch.randn(16, 8), "bce")
+    sn_dcgan.g_step(G, D, opt_g, torch.randn(16, 8), "bce", NO_AUGMENT)
     assert all(torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
     assert all(p.grad is None and p.requires_grad for p in D.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))

@@ -12,6 +12,8 @@ from PIL import Image
 import common
 import wgan
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 CPU = torch.device("cpu")
 TINY = ["--hidden_dim", "8", "--batch", "16", "--image_size", "16", "--zdim", "8", "--device", "cpu"]
 
@@ -35,7 +37,7 @@ def test_every_critic_parameter_lies_in_minus_c_c_after_a_critic_step(amp):
     real = torch.rand(16, 1, 16, 16) * 2 - 1
     # under --amp the step sees the autocast wrapper train() makes; the clip must reach the critic inside
     fast = common.Autocast(critic, "cpu", torch.bfloat16) if amp else critic
-    loss, wasserstein = wgan.critic_step(G, fast, opt_c, real, torch.randn(16, 8), 0.03)
+    loss, wasserstein = wgan.critic_step(G, fast, opt_c, real, torch.randn(16, 8), 0.03, NO_AUGMENT)
     params = torch.cat([p.detach().flatten() for p in critic.parameters()])
     assert params.abs().max() == pytest.approx(0.03)  # BatchNorm's gain and offset included
     assert torch.isfinite(loss) and torch.equal(loss, -wasserstein) and loss.dtype == torch.float32
@@ -98,7 +100,7 @@ def test_generator_step_leaves_the_critic_unchanged():
     opt_g = torch.optim.RMSprop(G.parameters(), lr=1e-3)
     critic_before = [p.detach().clone() for p in critic.parameters()]
     g_before = [p.detach().clone() for p in G.parameters()]
-    wgan.generator_step(G, critic, opt_g, torch.randn(16, 8))
+    wgan.generator_step(G, critic, opt_g, torch.randn(16, 8), NO_AUGMENT)
     assert all(torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))
     assert all(p.grad is None and p.requires_grad for p in critic.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(g_before, G.parameters()))

@@ -11,6 +11,8 @@ from PIL import Image
 import common
 import wgan_gp
 
+NO_AUGMENT = common.DiffAugment("none", None)  # --augment none: the images as they are
+
 CPU = torch.device("cpu")
 TINY = ["--hidden_dim", "8", "--batch", "16", "--image_size", "16", "--zdim", "8", "--device", "cpu"]
 
@@ -113,7 +115,7 @@ def test_generator_step_leaves_the_critic_unchanged():
     opt_g = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.0, 0.9))
     critic_before = {k: v.clone() for k, v in critic.state_dict().items()}
     g_before = [p.detach().clone() for p in G.parameters()]
-    wgan_gp.generator_step(G, critic, opt_g, torch.randn(16, 8))
+    wgan_gp.generator_step(G, critic, opt_g, torch.randn(16, 8), NO_AUGMENT)
     assert all(torch.equal(critic_before[k], v) for k, v in critic.state_dict().items())
     assert all(p.grad is None for p in critic.parameters())
     assert all(p.requires_grad for p in critic.parameters())  # the critic trains again afterwards
@@ -151,7 +153,9 @@ def test_the_earlier_implementations_flags_work():
     assert opt_c.defaults["lr"] == 0.0002
     real = torch.rand(4, 1, 32, 32) * 2 - 1
     z, eps = torch.randn(4, args.zdim), torch.rand(4, 1, 1, 1)
-    loss, wasserstein, penalty = wgan_gp.critic_step(G, critic, opt_c, real, z, eps, args.c_lambda)
+    loss, wasserstein, penalty = wgan_gp.critic_step(
+        G, critic, opt_c, real, z, eps, args.c_lambda, NO_AUGMENT
+    )
     assert torch.isfinite(loss) and penalty > 0
     assert G(torch.randn(2, 64)).shape == (2, 1, 32, 32)
 
