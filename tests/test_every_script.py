@@ -26,31 +26,62 @@ def train_args(name, data_root):
     return ["--data_root", data_root, *TINY, *size, *classes]
 
 
-@pytest.mark.parametrize("name", SCRIPTS)
-def test_runs_when_copied_alone_with_common(name, mnist_root, tmp_path):
-    """One step, a checkpoint, then --generate from it, in a folder holding only the two files."""
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    for f in (f"{name}.py", "common.py"):
-        shutil.copy(ROOT / f, alone / f)
-    train = [*train_args(name, mnist_root), "--max_steps", "1", "--out", "run"]
-    generate = ["--resume", "run/checkpoint.pt", "--generate", "3", "--device", "cpu", "--out", "run"]
-    code = (
-        "import runpy, sys\n"
-        f"for argv in ({train!r}, {generate!r}):\n"
-        f"    sys.argv = [{name + '.py'!r}, *argv]\n"
-        f"    runpy.run_path({name + '.py'!r}, run_name='__main__')\n"
-    )
+# One Python process runs every copy, one after the other (a process start and torch's import cost
+# seconds each); before each, it moves into the copy's folder and forgets `common` and the script,
+# so each imports the common.py beside it and nothing else.
+ALONE = """
+import contextlib, io, os, runpy, sys, traceback
+for folder, name, train, generate, log in JOBS:
+    os.chdir(folder)
+    for module in ("common", name):
+        sys.modules.pop(module, None)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            for argv in (train, generate):
+                sys.argv = [name + ".py", *argv]
+                runpy.run_path(name + ".py", run_name="__main__")
+        status = "ok"
+    except BaseException:
+        status = traceback.format_exc()
+    with open(log, "w") as f:
+        f.write(status + chr(10) + out.getvalue())
+"""
+
+
+@pytest.fixture(scope="module")
+def copied_alone(mnist_root, tmp_path_factory):
+    """{script: (its folder, what it printed)} after one step, a checkpoint and --generate from it,
+    each in a folder holding only the script and common.py."""
+    root = tmp_path_factory.mktemp("alone")
+    jobs = []
+    for name in SCRIPTS:
+        alone = root / name
+        alone.mkdir()
+        for f in (f"{name}.py", "common.py"):
+            shutil.copy(ROOT / f, alone / f)
+        train = [*train_args(name, mnist_root), "--max_steps", "1", "--out", "run"]
+        generate = ["--resume", "run/checkpoint.pt", "--generate", "3", "--device", "cpu", "--out", "run"]
+        jobs.append((str(alone), name, train, generate, str(root / f"{name}.log")))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = f"JOBS = {jobs!r}\n{ALONE}"
     r = subprocess.run(
-        [sys.executable, "-c", code], cwd=alone, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    return {name: (root / name, (root / f"{name}.log").read_text()) for name in SCRIPTS}
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_runs_when_copied_alone_with_common(name, copied_alone):
+    """One step, a checkpoint, then --generate from it, in a folder holding only the two files."""
+    alone, output = copied_alone[name]
+    assert output.startswith("ok"), output[-3000:]
     assert (alone / "run" / "checkpoint.pt").is_file()
     made = list((alone / "run").rglob("generated*"))
     assert made, "--generate wrote nothing"
     if name != "gan_gaussian":  # no evaluate.py beside it: it trains and says the figure is skipped
-        assert "no evaluate.py beside common.py: training without the quality figure" in r.stdout
+        assert "no evaluate.py beside common.py: training without the quality figure" in output
     assert sorted(os.listdir(alone)) == sorted(["common.py", f"{name}.py", "run"])  # nothing else needed
 
 
