@@ -714,13 +714,18 @@ def load_tensor_dataset(name, root, image_size, classes=None, download=True, in_
         images, labels = images[keep], labels[keep]
         if len(images) == 0:
             fail(f"{name} in {root} has no images of class(es) {list(classes)}")
-    if images.shape[-1] != image_size:
-        resized = []
-        for chunk in images.split(4096):
-            x = F.interpolate(chunk.float(), size=(image_size, image_size), mode="bilinear", antialias=True)
-            resized.append(x.round_().clamp_(0, 255).to(torch.uint8))
-        images = torch.cat(resized)
-    return images.contiguous(), labels
+    return resize_uint8(images, image_size).contiguous(), labels
+
+
+def resize_uint8(images, size):
+    """uint8 N x C x H x W images at size x size (bilinear, antialiased), as every loader here resizes."""
+    if images.shape[-1] == size:
+        return images
+    resized = []
+    for chunk in images.split(4096):
+        x = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True)
+        resized.append(x.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(resized)
 
 
 class TensorBatches:

@@ -471,9 +471,7 @@ def held_out_images(dataset, root, size, channels, n, seed=0, classes=None, trai
         images, labels = held
         if classes is not None:
             images = images[in_classes(labels, classes)]
-        if images.shape[-1] != size:
-            images = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True)
-            images = images.round_().clamp_(0, 255).to(torch.uint8)
+        images = common.resize_uint8(images, size)  # as the training images are
         return images[subset(len(images), n, seed)] if len(images) else None
     if not trained:
         return None
