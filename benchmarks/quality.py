@@ -8,8 +8,13 @@ then measure its checkpoint with evaluate.py (classifier FID, KID, precision, re
     python benchmarks/quality.py gan_gaussian                                  # its default run, whole
     python benchmarks/quality.py real --data_root DIR                          # real held-out digits
 
-Each budget is its own run from scratch (not checkpoints of one long run), so a figure is exactly
-what a user gets who trains that long. Each run appends one record to results/quality.jsonl
+Each budget is its own run from scratch, so a figure is exactly what a user gets who trains that
+long. With --chain the budgets are marks of one run instead: it is stopped at each mark, measured, and
+resumed with --resume auto (resume is exact, so the state at 15 minutes of a 30-minute run is a 15-minute
+run's; each resume costs the run its start-up, a few seconds, inside its budget):
+
+    python benchmarks/quality.py sn_dcgan --data_root DIR --minutes 8 15 30 --chain   # 30 minutes in all
+ Each run appends one record to results/quality.jsonl
 (gan_gaussian: results/gaussian.jsonl) with its flags, commit, date and machine, its metrics, the
 in-training FID trajectory (with --flags=--quality) and its last sample grid, copied to
 docs/images/runs/; `python benchmarks/report.py` renders the README's and docs' tables from those
@@ -37,10 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan", "wgan_gp", "sn_dcgan"]
 
 
-def train_for(script, minutes, data_root, out, extra):
-    """Run the script until `minutes` have passed, then SIGINT (it saves its checkpoint and exits)."""
+def train_for(script, minutes, data_root, out, extra, resume=False):
+    """Run the script until `minutes` have passed, then SIGINT (it saves its checkpoint and exits);
+    `resume`: go on from OUT's checkpoint."""
     cmd = [sys.executable, str(ROOT / f"{script}.py"), "--data_root", data_root, "--out", str(out)]
-    cmd += ["--epochs", "100000", "--no-quality", *extra]
+    cmd += ["--epochs", "100000", "--no-quality", *extra, *(["--resume", "auto"] if resume else [])]
     start = time.perf_counter()
     # the console goes to a file, not a pipe: a pipe nobody reads fills up (64 KB) and blocks the
     # script's next print, so a long run would sit still while its clock ran on
@@ -189,6 +195,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=1000, help="samples to measure (default 1000)")
     parser.add_argument("--device", default="cpu", help="training and evaluation device (default cpu)")
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--chain", action="store_true", help="the budgets: marks of one run, resumed at each")
     parser.add_argument("--flags", default="", help='flags for the script, one string: "--amp --batch 64"')
     parser.add_argument("--note", default=None, help="one line for the record: why this run was made")
     parser.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
@@ -209,12 +216,17 @@ def main(argv=None):
     flags = " ".join(f for f in shlex.split(args.flags) if f != "--quality")
     rows = []
     for script in scripts:
-        for minutes in args.minutes:
-            # a folder of its own, emptied: a grid left by an earlier run with other flags is not this run's
-            out = keep / f"{script}_{minutes:g}min{'_' + slug(flags) if flags else ''}"
-            shutil.rmtree(out, ignore_errors=True)
+        wall, done = 0.0, 0.0
+        for minutes in sorted(args.minutes) if args.chain else args.minutes:
+            # a folder of its own, emptied: a grid left by an earlier run with other flags is not
+            # this run's (with --chain one folder for all marks, emptied before the first)
+            budget = max(args.minutes) if args.chain else minutes
+            out = keep / f"{script}_{'chain' * args.chain}{budget:g}min{'_' + slug(flags) if flags else ''}"
+            if not done:
+                shutil.rmtree(out, ignore_errors=True)
             extra = ["--device", args.device, *shlex.split(args.flags)]
-            wall = train_for(script, minutes, args.data_root, out, extra)
+            wall = wall * args.chain + train_for(script, minutes - done, args.data_root, out, extra, done > 0)
+            done = minutes if args.chain else 0.0
             log = [r for r in log_rows(out) if r.get("images_per_s")][-1]
             metrics = measure(out / "checkpoint.pt", args.data_root, args.n, args.device)
             row = records.new_record(
@@ -224,6 +236,8 @@ def main(argv=None):
                 metrics={k: metrics[k] for k in METRICS if k in metrics},
                 trajectory=trajectory(log_rows(out)),
             )  # fmt: skip
+            if args.chain:
+                row["chain"] = sorted(args.minutes)
             if args.note:
                 row["note"] = args.note
             if args.record:

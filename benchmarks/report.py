@@ -128,11 +128,16 @@ def provenance(r):
 
 
 def current_day(rs):
-    """(date, machine) of the newest measured 8-minute defaults run: the README's models table, its
-    summary and its strip show runs of that one day and machine only, never figures of other days
-    side by side (machines differ 3-4x in speed from one day to the next)."""
+    """(date, machine) of the README's models table, its summary and its strip: of the days and
+    machines with measured 8-minute defaults runs, the one with runs of the most scripts, the newest
+    of those. They show runs of that one day and machine only, never figures of other days side by
+    side (machines differ 3-4x in speed from one day to the next); a day that measured a few scripts
+    again (longer runs, say) does not leave the others without a figure."""
     runs = [r for r in of(rs, "quality") if measured(r) and not r.get("flags") and r.get("budget_min") == 8]
-    return day(newest_first(runs)[0]) if runs else None
+    scripts = {}
+    for r in runs:
+        scripts.setdefault(day(r), set()).add(r["script"])
+    return max(scripts, key=lambda d: (len(scripts[d]), d[0])) if scripts else None
 
 
 def current_run(rs, script, budget):

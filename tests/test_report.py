@@ -94,6 +94,13 @@ def test_the_front_page_shows_measured_runs_of_one_day_and_machine_only():
     assert "90.9" in summary and summary.index("ours: `wgan.py`") < summary.index("PyTorch-GAN wgan.py")
     assert report.current_day(rs) == ("2026-12-06", "AMD EPYC, 2 cores")
     assert report.current_day(rs[3:5]) == ("2026-12-05", "AMD EPYC, 2 cores")  # transcribed: never current
+    # a newer day that measured fewer scripts again does not take the front page
+    later = [*rs, record("quality", "sn_dcgan", "2026-12-08", 21.0, **today)]
+    assert report.current_day(later) == ("2026-12-06", "AMD EPYC, 2 cores")
+    models = report.block_models(later, "README.md")
+    assert "30.1" in models and "21.0" not in models
+    later.append(record("quality", "dcgan", "2026-12-08", 31.0, **today))
+    assert report.current_day(later) == ("2026-12-08", "AMD EPYC, 2 cores")
 
 
 def test_a_lever_is_shown_beside_the_defaults_run_of_its_day():
