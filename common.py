@@ -229,6 +229,7 @@ RESUME_AUTO_HELP = (
     "can be run again after a restart or a requeue"
 )
 SAVE_MINUTES = 10.0  # a save costs under a second (docs/distributed.md): under 0.2% of the time
+SAVE_SHARE = 32  # a checkpoint with a grid once 32 x the last save's cost has passed: under ~3% of the time
 
 
 def add_save_minutes(parser):
@@ -1309,7 +1310,7 @@ class Run:
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.log, self._stop, self._stop_step = None, None, None, None
-        self._save_due, self.stop_kind, self.saved_at = False, None, time.monotonic()
+        self._save_due, self.stop_kind, self.saved_at, self.save_cost = 0, None, time.monotonic(), 0.0
         self.augment = DiffAugment(getattr(args, "augment", "none"), self.rand)  # --augment: D(augment(x))
 
     @property
@@ -1389,6 +1390,7 @@ class Run:
                         f"{name} has NaN or infinite weights at step {self.step}; stopped "
                         f"(the last checkpoint is left as it was)"
                     )
+        start = time.monotonic()
         if self.processes > 1:
             self._check_same_weights(states)
         self.saved_at = time.monotonic()
@@ -1400,6 +1402,8 @@ class Run:
             elapsed=self.log.elapsed() if self.log else 0.0, channels=getattr(self.data, "channels", None)
         )
         save_checkpoint(self.out / "checkpoint.pt", {**states, **made})
+        self.saved_at = time.monotonic()
+        self.save_cost = self.saved_at - start
 
     def _check_same_weights(self, states):
         """Every process must hold the same weights: compare a checksum of each tensor across them."""
@@ -1501,20 +1505,22 @@ class Run:
     def _stopping(self):
         """Ctrl-C seen here, or under torchrun in any process: all stop after the same step.
 
-        The same agreement carries rank 0's clock (is a --save_minutes save due?) and the kind of
+        The same agreement carries rank 0's clock (2: a --save_minutes save is due; 1: a checkpoint
+        with the next grid is cheap, SAVE_SHARE x the last one's cost has passed) and the kind of
         stop (SIGTERM, which ends with EXIT_PREEMPTED, beats Ctrl-C), so all processes save at the
         same step and exit alike. One process reads its own flag at every call."""
         seen = self._stop.signal if self._stop and self._stop.requested else 0
         if self._stop_step != self.step or self.processes == 1:
             flags = [2.0 if seen == signal.SIGTERM else float(bool(seen)), self._save_due]
             if self._stop_step != self.step:  # rank 0's clock, once per step
-                minutes = getattr(self.args, "save_minutes", 0) or 0
-                flags[1] = self.main and minutes > 0 and time.monotonic() - self.saved_at >= minutes * 60
+                minutes, since = getattr(self.args, "save_minutes", 0) or 0, time.monotonic() - self.saved_at
+                clock, cheap = minutes > 0 and since >= minutes * 60, since >= SAVE_SHARE * self.save_cost
+                flags[1] = (2.0 if clock else 1.0 if cheap else 0.0) if self.main else 0.0
                 if self.processes > 1:  # on the CPU, once per step: no wait for the GPU
                     flag = torch.tensor([float(f) for f in flags])
                     torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.control)
                     flags = flag.tolist()
-            self._stop_step, self._stop_agreed, self._save_due = self.step, flags[0] > 0, bool(flags[1])
+            self._stop_step, self._stop_agreed, self._save_due = self.step, flags[0] > 0, int(flags[1])
             self.stop_kind = "SIGTERM" if flags[0] == 2 else "stop" if flags[0] else None
         return self._stop_agreed
 
@@ -1525,7 +1531,11 @@ class Run:
         return real
 
     def step_done(self, images, **losses):
-        """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint."""
+        """After each generator update: log the losses; at an epoch's end, a grid and a checkpoint.
+
+        The checkpoint goes with a grid while it costs under ~3% of the time since the last one: at
+        every epoch's end unless epochs are short and checkpoints large (a few hundred images on a GPU,
+        one DCGAN pair per class), then every few. --save_minutes saves between; the last step saves."""
         self.step += 1
         if self.processes > 1:
             self._average_buffers()
@@ -1535,14 +1545,15 @@ class Run:
         epoch, every = self.epoch(), getattr(self.args, "sample_every", None)
         new_epoch, last = epoch > self.last_epoch, not self.running()
         saving = new_epoch or (every and self.step % every == 0)
-        on_clock = self._save_due and not saving and not last  # --save_minutes (the last step saves anyway)
+        # with a grid while cheap, or on the clock (--save_minutes); finish() saves the last step
+        checkpoint = not last and (saving and self._save_due >= 1 or self._save_due == 2)
         # a forced row before a save: the losses are checked finite before they are saved
         measure = last or (new_epoch and self.log.elapsed() >= self.quality_due)
-        self._log_row(force=saving or on_clock or last, **(self._fid() if measure else {}))
+        self._log_row(force=saving or checkpoint or last, **(self._fid() if measure else {}))
         if saving:
             self._save_grids(f"epoch_{epoch:04d}" if new_epoch else f"step_{self.step:06d}")
             self.last_epoch = epoch
-        if saving or on_clock:
+        if checkpoint:
             self.save()
 
     def _save_grids(self, name):

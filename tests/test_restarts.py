@@ -134,3 +134,26 @@ def test_torchrun_restarts_a_killed_process_and_the_run_ends_as_if_never_killed(
     assert proc.returncode == 0, output[-3000:]
     assert "--resume auto: resumed at step" in output and "done at step 40" in output, output[-3000:]
     assert_same(trained(tmp_path / "whole" / "checkpoint.pt"), trained(out / "checkpoint.pt"), "checkpoint")
+
+
+@pytest.mark.parametrize("share, saved", [(0, [1, 2, 3, 4, 5]), (1e9, [1, 5])])
+def test_a_checkpoint_goes_with_an_epochs_grid_only_while_it_is_cheap(
+    share, saved, mnist_root, tmp_path, monkeypatch
+):
+    """On a small folder an epoch is a step or two: a checkpoint at each would be most of the run's time.
+    With each grid a checkpoint is written once SAVE_SHARE times the last save's cost has passed (the
+    first always; share 0: at every epoch's end); the grids are every epoch's all the same, and the
+    last step saves. A spy on the atomic write records the steps; it writes them as before."""
+    monkeypatch.setattr(common, "SAVE_SHARE", share)
+    steps, write = [], common.save_checkpoint
+    monkeypatch.setattr(
+        common, "save_checkpoint", lambda path, state: (steps.append(state["step"]), write(path, state))
+    )
+    out = tmp_path / "run"  # 120 digits in batches of 120: an epoch is a step
+    argv = dcgan_args(
+        mnist_root, "--batch", "120", "--max_steps", "5", "--save_minutes", "0", "--out", str(out)
+    )
+    importlib.import_module("dcgan").main(argv)
+    assert steps == saved
+    assert len(list((out / "samples").glob("epoch_*.png"))) == 5  # every epoch has its grid
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 5
