@@ -217,6 +217,9 @@ def block_summary(rs, base):
     return "\n\n".join(parts)
 
 
+PAGE_RUNS = 6  # a model page's newest runs; docs/results.md has them all
+
+
 def block_results(rs, script, base):
     if script == "gan_gaussian":
         parts = [block_kind(rs, "gaussian", script, base)]
@@ -247,9 +250,12 @@ def block_results(rs, script, base):
     rows = [
         [num(r.get("budget_min")), flags(r), *metric_cells(r), num(r.get("steps")),
          num(r.get("images_per_s")), r.get("date"), machine(r), link(r.get("grid"), base)]
-        for r in runs
+        for r in runs[:PAGE_RUNS]
     ]  # fmt: skip
     parts = [metric_table(head, rows) if rows else "No runs recorded yet."]
+    if len(runs) > PAGE_RUNS:
+        every = "results.md" if base.startswith("docs/") else "docs/results.md"
+        parts.append(f"The newest {PAGE_RUNS} of its {len(runs)} runs; all are in [results.md]({every}).")
     pairs = []
     for p in newest_first([p for p in of(rs, "public") if ours_for(p) == script]):
         ours = defaults_run(rs, script, p.get("budget_min"), on_day=day(p))

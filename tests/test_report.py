@@ -131,3 +131,11 @@ def test_quality_benchmark_appends_a_record(tmp_path, results_in_tmp):
     assert isinstance(r["metrics"]["mean"], float) and r["metrics"]["std"] > 0
     assert (grids / r["grid"].split("/")[-1]).is_file()
     assert (ROOT / "results" / "gaussian.jsonl").read_text() == ours  # the repository's records untouched
+
+
+def test_a_model_page_shows_its_newest_runs_and_sends_the_reader_to_every_run():
+    rs = [record("quality", "dcgan", f"2026-12-{d:02d}", 40.0 + d, commit="abc1234") for d in range(1, 10)]
+    text = report.block_results(rs, "dcgan", "docs/dcgan.md")
+    shown = [f"{40.0 + day:.1f}" for day in range(1, 10) if f"| {40.0 + day:.1f} |" in text]
+    assert shown == [f"{40.0 + day:.1f}" for day in range(10 - report.PAGE_RUNS, 10)]  # the newest
+    assert f"The newest {report.PAGE_RUNS} of its 9 runs" in text and "(results.md)" in text
