@@ -238,7 +238,7 @@ def add_save_minutes(parser):
         type=nonnegative_float,
         default=SAVE_MINUTES,
         help=f"also save the checkpoint every M minutes of training, so a run killed without warning "
-        f"loses at most M minutes; 0: at epoch ends (and on a stop) only (default {SAVE_MINUTES:g})",
+        f"loses at most M minutes; 0: no clock, epoch ends and stops only (default {SAVE_MINUTES:g})",
     )
 
 

@@ -217,7 +217,7 @@ def main(argv=None):
     rows = []
     for script in scripts:
         wall, done = 0.0, 0.0
-        for minutes in sorted(args.minutes) if args.chain else args.minutes:
+        for minutes in sorted(set(args.minutes)) if args.chain else args.minutes:
             # a folder of its own, emptied: a grid left by an earlier run with other flags is not
             # this run's (with --chain one folder for all marks, emptied before the first)
             budget = max(args.minutes) if args.chain else minutes
@@ -237,12 +237,14 @@ def main(argv=None):
                 trajectory=trajectory(log_rows(out)),
             )  # fmt: skip
             if args.chain:
-                row["chain"] = sorted(args.minutes)
+                row["chain"] = sorted(set(args.minutes))
             if args.note:
                 row["note"] = args.note
             if args.record:
-                grid = sorted((out / "samples").glob("*.png"))[-1]
-                name = f"{script}_{minutes:g}min_{row['date']}{'_' + slug(flags) if flags else ''}.png"
+                # the newest written (a chained run's earlier stop may have left a later-sorting step_ grid)
+                grid = max((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+                chain = "_chain" if args.chain else ""
+                name = f"{script}_{minutes:g}min{chain}_{row['date']}{'_' + slug(flags) if flags else ''}.png"
                 row["grid"] = keep_image(grid, args.grids, name)
                 records.append(row, args.results)
             print(json.dumps(row), flush=True)
