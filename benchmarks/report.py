@@ -299,6 +299,31 @@ def block_results(rs, script, base):
     return "\n\n".join(parts)
 
 
+def block_longer(rs, base):
+    """Runs measured at several marks (`quality.py --chain`): does a longer run get worse? One row per
+    run, FID and held-out FID at each mark, the copy share at the last."""
+    runs = {}
+    for r in of(rs, "quality"):
+        if r.get("chain") and measured(r):
+            key = (r["script"], r.get("flags", ""), day(r), tuple(r["chain"]))
+            runs.setdefault(key, {})[r["budget_min"]] = r
+    rows = []
+    for (script, _, (date, where), marks), at in sorted(runs.items(), key=lambda kv: kv[0][2], reverse=True):
+        last = at.get(marks[-1])
+        cells = [num(at[m]["metrics"].get("fid"), 1) if m in at else "-" for m in marks]
+        held = [num(at[m]["metrics"].get("fid_held_out"), 1) if m in at else "-" for m in marks]
+        rows.append([
+            f"`{script}.py`", flags(next(iter(at.values()))), ", ".join(num(m) for m in marks),
+            " / ".join(cells), " / ".join(held), num(last["metrics"].get("copy_share"), 2) if last else "-",
+            num(last.get("steps")) if last else "-", date, where,
+        ])  # fmt: skip
+    if not rows:
+        return "No run measured at several marks yet."
+    head = ["script", "flags", "minutes", "FID at each", "held-out FID at each", "copy share (last)",
+            "G steps (last)", "date", "machine"]  # fmt: skip
+    return table(head, rows)
+
+
 def block_levers(rs, script, base):
     rows = []
     for r in newest_first([r for r in of(rs, "quality", script) if r.get("lever")]):
@@ -426,6 +451,8 @@ def render_block(rs, spec, base):
         return block_kind(list(newest.values()), "throughput", "all", base)
     if words == ["layout"]:
         return block_layout(rs, base)
+    if words == ["longer"]:
+        return block_longer(rs, base)
     if words == ["save_cost"]:
         return block_save_cost(rs, base)
     if words[0] == "kind" and len(words) == 3:

@@ -139,3 +139,13 @@ def test_a_model_page_shows_its_newest_runs_and_sends_the_reader_to_every_run():
     shown = [f"{40.0 + day:.1f}" for day in range(1, 10) if f"| {40.0 + day:.1f} |" in text]
     assert shown == [f"{40.0 + day:.1f}" for day in range(10 - report.PAGE_RUNS, 10)]  # the newest
     assert f"The newest {report.PAGE_RUNS} of its 9 runs" in text and "(results.md)" in text
+
+
+def test_a_chained_run_is_one_row_with_its_figure_at_each_mark():
+    rs = []
+    for minutes, fid in ((8, 29.7), (15, 22.6), (30, 37.0)):
+        rs.append(record("quality", "gan_mnist", "2026-12-07", fid, commit="abc1234", chain=[8, 15, 30]))
+        rs[-1]["budget_min"] = minutes
+    rs.append(record("quality", "gan_mnist", "2026-12-07", 50.0, commit="abc1234"))  # no chain: not here
+    text = report.block_longer(rs, "docs/usage.md")
+    assert text.count("`gan_mnist.py`") == 1 and "| 29.7 / 22.6 / 37.0 |" in text and "50.0" not in text
