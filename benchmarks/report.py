@@ -346,7 +346,12 @@ def block_levers(rs, script, base):
         "date",
         "machine",
     ]
-    return table(head, rows) if rows else "No levers recorded yet."
+    if not rows:
+        return "No levers recorded yet."
+    if script == "all" or len(rows) <= PAGE_RUNS:
+        return table(head, rows)
+    more = f"The newest {PAGE_RUNS} of its {len(rows)} lever runs; all are in [levers.md](levers.md)."
+    return table(head, rows[:PAGE_RUNS]) + "\n\n" + more
 
 
 def cell(r, k):

@@ -149,3 +149,17 @@ def test_a_chained_run_is_one_row_with_its_figure_at_each_mark():
     rs.append(record("quality", "gan_mnist", "2026-12-07", 50.0, commit="abc1234"))  # no chain: not here
     text = report.block_longer(rs, "docs/usage.md")
     assert text.count("`gan_mnist.py`") == 1 and "| 29.7 / 22.6 / 37.0 |" in text and "50.0" not in text
+
+
+def test_a_model_page_shows_its_newest_lever_runs_and_levers_md_all_of_them():
+    rs = []
+    for d in range(1, 10):
+        rs.append(record("quality", "dcgan", f"2026-12-{d:02d}", 60.0 + d, commit="abc1234"))
+        rs[-1].update(lever=f"lever {d}", kept=False, flags="--x")
+    page, every = (
+        report.block_levers(rs, "dcgan", "docs/dcgan.md"),
+        report.block_levers(rs, "all", "docs/levers.md"),
+    )
+    assert [d for d in range(1, 10) if f"lever {d} |" in page] == list(range(10 - report.PAGE_RUNS, 10))
+    assert f"The newest {report.PAGE_RUNS} of its 9 lever runs" in page and "(levers.md)" in page
+    assert all(f"lever {d} |" in every for d in range(1, 10)) and "The newest" not in every
