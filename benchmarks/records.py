@@ -18,6 +18,7 @@ Fields (all but kind, date and machine may be missing from an old record):
     trajectory  [[minutes, generator steps, in-training FID], ...]
     grid        path (from the repository root) of the run's last sample grid, under docs/images/
     note        one line a reader needs ("the paper's lr 5e-5", "not kept: flat after 8 minutes")
+    chain       quality.py --chain: the marks of the one run this record is a mark of ([8, 15, 30])
 """
 
 import contextlib
