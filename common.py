@@ -1393,8 +1393,7 @@ class Run:
         start = time.monotonic()
         if self.processes > 1:
             self._check_same_weights(states)
-        self.saved_at = time.monotonic()
-        if not self.main:
+        if not self.main:  # rank 0 keeps the clock: its saved_at and save_cost decide the next save
             return
         made = {"script": self.script, "args": vars(self.args), "step": self.step}
         made.update(batches_done=self.batches_done, epoch=self.epoch(), rng=rng_state(self.device))

@@ -14,7 +14,8 @@ resumed with --resume auto (resume is exact, so the state at 15 minutes of a 30-
 run's; each resume costs the run its start-up, a few seconds, inside its budget):
 
     python benchmarks/quality.py sn_dcgan --data_root DIR --minutes 8 15 30 --chain   # 30 minutes in all
- Each run appends one record to results/quality.jsonl
+
+Each run appends one record to results/quality.jsonl
 (gan_gaussian: results/gaussian.jsonl) with its flags, commit, date and machine, its metrics, the
 in-training FID trajectory (with --flags=--quality) and its last sample grid, copied to
 docs/images/runs/; `python benchmarks/report.py` renders the README's and docs' tables from those
