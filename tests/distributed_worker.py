@@ -1,11 +1,16 @@
 """One process of a test run under torchrun (used by test_distributed.py).
 
-The script trains through its real main() as a user's run would, but from a folder of this
+Each script trains through its real main() as a user's run would, but from a folder of this
 process's own, OUT/rank<R>/, so that anything a process other than rank 0 writes is caught there.
-Afterwards the networks it trained go to OUT/nets_<R>.pt for the test to compare across processes.
+Afterwards the networks it trained go to OUT/nets_<R>_<SCRIPT>.pt for the test to compare across
+processes.
 
-    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py SCRIPT OUT \
-        [--freeze_g_statistics] ARGS
+    torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT \
+        [--freeze_g_statistics] SCRIPT ARGS [--then SCRIPT ARGS ...]
+
+Several scripts separated by --then train one after the other in the same processes (one launch:
+a torchrun's start-up costs more than a few tiny steps); the worker then joins the process group
+itself, as a benchmark's many runs do, so that each run finds it made and leaves it standing.
 
 --freeze_g_statistics puts G's BatchNorm in eval mode (fixed statistics) for the whole run, so
 that 2 processes with batch b and 1 process with batch 2b compute the same function: the test then
@@ -32,14 +37,7 @@ def states(trained):
     return {name: net.state_dict() for name, net in zip("GD", trained)}
 
 
-def main():
-    script, out, *argv = sys.argv[1:]
-    freeze = argv[:1] == ["--freeze_g_statistics"]
-    argv = argv[1:] if freeze else argv
-    rank = int(os.environ.get("RANK", "0"))
-    folder = Path(out).resolve() / f"rank{rank}"
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chdir(folder)
+def train(script, argv, freeze, folder):
     module = importlib.import_module(script)
     if freeze:
         build = module.build
@@ -50,7 +48,33 @@ def main():
 
         module.build = build_with_frozen_statistics
     trained = module.main(argv)
-    torch.save(states(trained), folder.parent / f"nets_{rank}.pt")
+    if freeze:
+        module.build = build
+    return states(trained)
+
+
+def main():
+    out, *argv = sys.argv[1:]
+    freeze = argv[:1] == ["--freeze_g_statistics"]
+    argv = argv[1:] if freeze else argv
+    runs, run = [], []
+    for word in argv:
+        if word == "--then":
+            runs.append(run)
+            run = []
+        else:
+            run.append(word)
+    runs.append(run)
+    rank = int(os.environ.get("RANK", "0"))
+    folder = Path(out).resolve() / f"rank{rank}"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chdir(folder)
+    if len(runs) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        torch.distributed.init_process_group("gloo")
+    for script, *args in runs:
+        torch.save(train(script, args, freeze, folder), folder.parent / f"nets_{rank}_{script}.pt")
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -23,16 +23,23 @@ TINY = ["--hidden_dim", "4", "--zdim", "8", "--device", "cpu", "--no-quality", "
 BF16 = {"gan_mnist", "dcgan_classwise", "wgan_gp"}
 
 
-def script_args(name, data_root, batch=8, amp="--no-amp"):
+def script_args(name, data_root, batch=8, amp="--no-amp", out="run"):
     size = ["--image_size", "28" if name == "gan_mnist" else "16"]
     classes = ["--classes", "1,4"] if name == "dcgan_classwise" else []
-    return ["--data_root", data_root, *TINY, amp, "--batch", str(batch), *size, *classes, "--out", "run"]
+    return ["--data_root", data_root, *TINY, amp, "--batch", str(batch), *size, *classes, "--out", out]
 
 
-def command(name, out, argv, processes=2, freeze=False):
+def worker(out, runs, freeze=False):
+    """The worker's command line; `runs`: [(script, argv), ...], trained one after the other."""
     freezing = ["--freeze_g_statistics"] if freeze else []
+    words = [w for i, (name, argv) in enumerate(runs) for w in [*(["--then"] if i else []), name, *argv]]
+    return [str(WORKER), str(out), *freezing, *words]
+
+
+def command(out, runs, processes=2, freeze=False):
+    """The worker under torchrun, `processes` of it."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    return [*launch, str(WORKER), name, str(out), *freezing, *argv]
+    return [*launch, *worker(out, runs, freeze)]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -40,12 +47,12 @@ if sys.platform == "linux":  # gloo on the loopback interface: a test machine ma
     ENV["GLOO_SOCKET_IFNAME"] = "lo"
 
 
-def nets(out, rank):
-    return torch.load(out / f"nets_{rank}.pt", weights_only=True)
+def nets(out, rank, name):
+    return torch.load(out / f"nets_{rank}_{name}.pt", weights_only=True)
 
 
-def rows_logged(out):
-    log = out / "rank0" / "run" / "log.csv"
+def rows_logged(out, run="run"):
+    log = out / "rank0" / run / "log.csv"
     return len(log.read_text().splitlines()) - 1 if log.exists() else 0
 
 
@@ -60,76 +67,106 @@ def start_and_interrupt(cmd, out, after_rows=2, timeout=180):
     return proc, proc.communicate(timeout=120)[0]
 
 
-# sn_dcgan's two processes are held to one process's weights by the test below (a stronger check)
-@pytest.mark.parametrize("name", [s for s in SCRIPTS if s != "sn_dcgan"])
-def test_two_processes_agree_write_once_stop_together_and_resume_in_one(name, mnist_root, tmp_path, capsys):
-    """Ctrl-C under torchrun: both processes stop at the same step with the same weights, only
-    rank 0 wrote (rank 1's folder stays empty), and its checkpoint resumes in a single process.
-    Half the scripts train in bfloat16 autocast, the others in float32."""
-    out = tmp_path / "two"
-    quality = ["--quality"] if name == "dcgan" else []  # rank 0 alone measures it, the other waits
-    amp = "--amp" if name in BF16 else "--no-amp"
-    cmd = command(name, out, [*script_args(name, mnist_root, amp=amp), "--epochs", "1000", *quality])
-    proc, output = start_and_interrupt(cmd, out)
-    assert output.count("2 processes") == 1, output  # rank 0 alone prints the start line
-    assert "stopped at step" in output, output
-    a, b = nets(out, 0), nets(out, 1)
+def assert_processes_agree_and_rank_1_wrote_nothing(out, name, run="run"):
+    """Both processes hold the same weights, rank 1's folder is empty, and rank 0's checkpoint holds
+    what was trained. Returns that checkpoint's path and contents."""
+    a, b = nets(out, 0, name), nets(out, 1, name)
     assert a.keys() == b.keys()
     for net in a:
         for key, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][key]), f"{net}.{key} differs between the processes"
-    assert list((out / "rank1").iterdir()) == []
-    checkpoint = out / "rank0" / "run" / "checkpoint.pt"
+            assert torch.equal(tensor, b[net][key]), f"{name}: {net}.{key} differs between the processes"
+    assert list((out / "rank1").iterdir()) == [], f"{name}: rank 1 wrote"
+    checkpoint = out / "rank0" / run / "checkpoint.pt"
     saved = torch.load(checkpoint, weights_only=False)
-    assert saved["step"] >= 2 and saved["args"]["batch"] == 8 and saved["args"]["amp"] == (name in BF16)
-    for key, tensor in a["G" if "G" in a else "G_1"].items():  # the checkpoint holds what was trained
-        assert torch.equal(tensor, saved["G" if "G" in a else "G_1"][key])
-    one = tmp_path / "one"  # one process: this one (a torchrun's checkpoint needs no torchrun to resume)
+    g = "G" if "G" in a else "G_1"
+    for key, tensor in a[g].items():  # the checkpoint holds what was trained
+        assert torch.equal(tensor, saved[g][key]), f"{name}: the checkpoint's {g}.{key} is not as trained"
+    return checkpoint, saved
+
+
+def assert_resumes_in_one_process(name, checkpoint, saved, out, capsys):
+    """A torchrun's checkpoint needs no torchrun to resume: one more step in this process."""
     argv = ["--resume", str(checkpoint), "--max_steps", str(saved["step"] + 1)]
-    importlib.import_module(name).main([*argv, "--device", "cpu", "--out", str(one)])
+    importlib.import_module(name).main([*argv, "--device", "cpu", "--out", str(out)])
     alone = capsys.readouterr().out
     assert f"resumed from {checkpoint} at step {saved['step']}" in alone
     assert "2 processes" not in alone and "steps on cpu\n" in alone
-    resumed = torch.load(one / "checkpoint.pt", weights_only=False)
-    assert resumed["step"] == saved["step"] + 1
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == saved["step"] + 1
 
 
-@pytest.mark.parametrize("name", ["wgan_gp", "sn_dcgan"])
-def test_two_processes_with_batch_b_train_as_one_with_batch_2b(name, mnist_root, tmp_path):
+def test_ctrl_c_stops_both_processes_at_one_step_and_rank_0_alone_writes(mnist_root, tmp_path, capsys):
+    """Ctrl-C to torchrun: both processes stop at the same step with the same weights, while rank 0
+    alone measures the in-training FID (the other waits for it); only rank 0 printed and wrote, and its
+    checkpoint resumes in a single process. (Every script stops through the same common.Run code.)"""
+    out = tmp_path / "two"
+    argv = [*script_args("dcgan", mnist_root), "--epochs", "1000", "--quality"]
+    proc, output = start_and_interrupt(command(out, [("dcgan", argv)]), out)
+    assert output.count("2 processes") == 1, output  # rank 0 alone prints the start line
+    assert "stopped at step" in output, output
+    checkpoint, saved = assert_processes_agree_and_rank_1_wrote_nothing(out, "dcgan")
+    assert saved["step"] >= 2 and saved["args"]["batch"] == 8 and saved["args"]["amp"] is False
+    assert_resumes_in_one_process("dcgan", checkpoint, saved, tmp_path / "one", capsys)
+
+
+def test_every_script_trains_alike_in_both_processes_and_rank_0_alone_writes(mnist_root, tmp_path, capsys):
+    """The scripts the batch-b test below does not run, one after the other in one torchrun of 2
+    processes, 3 steps each: same weights in both, rank 1 wrote nothing, and each checkpoint resumes in
+    one process. Half of them train in bfloat16 autocast (the default where it is native), the others
+    in float32."""
+    names = ["gan_mnist", "dcgan", "dcgan_classwise", "wgan"]
+    runs = []
+    for name in names:
+        amp = "--amp" if name in BF16 else "--no-amp"
+        argv = script_args(name, mnist_root, amp=amp, out=name)
+        runs.append((name, [*argv, "--max_steps", "3", "--epochs", "10"]))
+    done = subprocess.run(command(tmp_path, runs), capture_output=True, text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("2 processes") == len(names), done.stdout  # rank 0 alone prints
+    for name in names:
+        checkpoint, saved = assert_processes_agree_and_rank_1_wrote_nothing(tmp_path, name, run=name)
+        assert saved["step"] == 3 and saved["args"]["batch"] == 8 and saved["args"]["amp"] == (name in BF16)
+        assert_resumes_in_one_process(name, checkpoint, saved, tmp_path / f"one_{name}", capsys)
+
+
+def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_path):
     """The gradient of the critic (with wgan_gp's penalty) averaged over 2 processes of batch b is the
     gradient of one process with batch 2b: same real images, same noise, same augmentation (each
-    process draws its own share of one draw), same weights after 3 steps.
+    process draws its own share of one draw), same weights after 3 steps. wgan_gp and sn_dcgan in one
+    torchrun, then both in one plain process; the two processes also agree and rank 1 wrote nothing.
     G's BatchNorm statistics are frozen in both runs (see distributed_worker.py)."""
+    names, close = ["wgan_gp", "sn_dcgan"], torch.testing.assert_close
     steps = ["--max_steps", "3", "--epochs", "10", "--augment", "color,translation,cutout"]
+
+    def runs(batch):
+        return [(name, [*script_args(name, mnist_root, batch=batch, out=name), *steps]) for name in names]
+
     two = subprocess.run(
-        command(name, tmp_path / "two", [*script_args(name, mnist_root, batch=4), *steps], freeze=True),
-        capture_output=True,
-        text=True,
-        env=ENV,
-        timeout=180,
+        command(tmp_path / "two", runs(4), freeze=True), capture_output=True, text=True, env=ENV, timeout=300
     )
     assert two.returncode == 0, two.stdout + two.stderr
     one = subprocess.run(
-        [sys.executable, str(WORKER), name, str(tmp_path / "one"), "--freeze_g_statistics"]
-        + [*script_args(name, mnist_root, batch=8), *steps],
+        [sys.executable, *worker(tmp_path / "one", runs(8), freeze=True)],  # one plain process
         capture_output=True,
         text=True,
         env=ENV,
-        timeout=180,
+        timeout=300,
     )
     assert one.returncode == 0, one.stdout + one.stderr
-    a = torch.load(tmp_path / "two" / "rank0" / "run" / "checkpoint.pt", weights_only=False)
-    b = torch.load(tmp_path / "one" / "rank0" / "run" / "checkpoint.pt", weights_only=False)
-    assert a["step"] == b["step"] == 3
-    for net in ("G", "D"):
-        for key, tensor in b[net].items():
-            if tensor.is_floating_point():
-                torch.testing.assert_close(a[net][key], tensor, rtol=0, atol=1e-5, msg=f"{net}.{key}")
-    for opt in ("opt_g", "opt_d"):  # Adam's moments see the gradients' scale, which its steps hide
-        assert any(state["exp_avg"].abs().max() > 0 for state in b[opt]["state"].values()), opt
-        for i, state in b[opt]["state"].items():
-            for moment in ("exp_avg", "exp_avg_sq"):
-                torch.testing.assert_close(a[opt]["state"][i][moment], state[moment], rtol=1e-3, atol=1e-9)
+    for name in names:
+        assert_processes_agree_and_rank_1_wrote_nothing(tmp_path / "two", name, run=name)
+        a = torch.load(tmp_path / "two" / "rank0" / name / "checkpoint.pt", weights_only=False)
+        b = torch.load(tmp_path / "one" / "rank0" / name / "checkpoint.pt", weights_only=False)
+        assert a["step"] == b["step"] == 3
+        for net in ("G", "D"):
+            for key, tensor in b[net].items():
+                if tensor.is_floating_point():
+                    close(a[net][key], tensor, rtol=0, atol=1e-5, msg=f"{name} {net}.{key}")
+        for opt in ("opt_g", "opt_d"):  # Adam's moments see the gradients' scale, which its steps hide
+            assert any(state["exp_avg"].abs().max() > 0 for state in b[opt]["state"].values()), opt
+            for i, state in b[opt]["state"].items():
+                for moment in ("exp_avg", "exp_avg_sq"):
+                    got, want = a[opt]["state"][i][moment], state[moment]
+                    close(got, want, rtol=1e-3, atol=1e-9, msg=f"{name}: {opt} {moment}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 through /proc (Linux)")
@@ -138,7 +175,7 @@ def test_a_process_that_dies_takes_the_run_down_with_a_message(mnist_root, tmp_p
     out = tmp_path / "run"
     argv = [*script_args("dcgan", mnist_root), "--epochs", "1000"]
     proc = subprocess.Popen(
-        command("dcgan", out, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
+        command(out, [("dcgan", argv)]), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV
     )
     deadline = time.monotonic() + 180
     while rows_logged(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
