@@ -10,7 +10,8 @@ processes.
 
 Several scripts separated by --then train one after the other in the same processes (one launch:
 a torchrun's start-up costs more than a few tiny steps); the worker then joins the process group
-itself, as a benchmark's many runs do, so that each run finds it made and leaves it standing.
+itself (common.start_processes, as benchmarks/throughput.py does), so that each run finds it made
+and must leave it standing.
 
 --freeze_g_statistics puts G's BatchNorm in eval mode (fixed statistics) for the whole run, so
 that 2 processes with batch b and 1 process with batch 2b compute the same function: the test then
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: E402
 
 
 def states(trained):
@@ -65,15 +67,21 @@ def main():
         else:
             run.append(word)
     runs.append(run)
+    scripts = [r[0] for r in runs if r]
+    if len(scripts) != len(runs) or len(set(scripts)) != len(scripts):
+        raise SystemExit(f"distributed_worker: SCRIPT ARGS [--then SCRIPT ARGS ...], each once: {argv}")
     rank = int(os.environ.get("RANK", "0"))
     folder = Path(out).resolve() / f"rank{rank}"
     folder.mkdir(parents=True, exist_ok=True)
     os.chdir(folder)
-    if len(runs) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        torch.distributed.init_process_group("gloo")
+    ours = len(runs) > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if ours:
+        common.start_processes(torch.device("cpu"))
     for script, *args in runs:
         torch.save(train(script, args, freeze, folder), folder.parent / f"nets_{rank}_{script}.pt")
-    if torch.distributed.is_initialized():
+        if ours and not torch.distributed.is_initialized():
+            raise SystemExit(f"{script} left the process group its caller made")
+    if ours:
         torch.distributed.destroy_process_group()
 
 

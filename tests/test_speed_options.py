@@ -129,9 +129,9 @@ def test_penalty_of_the_real_critic_under_amp_matches_float32(norm):
 
 
 def test_compiled_run_is_finite_and_saves_the_eager_modules_keys(mnist_root, tmp_path):
-    """wgan_gp, whose penalty (a double backward through the critic) is the hardest to compile; every
-    script goes through the same Run.fast. One script only: a first compile takes about 20 s here."""
-    name = "wgan_gp"
+    """dcgan, G and D both compiled (BatchNorm, D called twice before one backward); every script goes
+    through the same Run.fast. One script only: a first compile takes 20-30 s on 2 cores."""
+    name = "dcgan"
     module = importlib.import_module(name)
     common_args = ["--data_root", mnist_root, *TINY, *image_args(name), "--max_steps", "2"]
     module.main([*common_args, "--out", str(tmp_path / "eager")])
