@@ -151,11 +151,17 @@ def run_real(args):
 
 
 def keep_image(image, grids, name):
-    """Copy a run's image to GRIDS/NAME (a path from the repository root when it lies inside it)."""
+    """Copy a run's image to GRIDS/NAME (a path from the repository root when it lies inside it). A
+    name an earlier run of the same script, flags and day holds gets a number (NAME_2.png, ...): a
+    record's image is never replaced by another run's."""
     grids = Path(grids)
     grids.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(image, grids / name)
-    path = (grids / name).resolve()
+    target, n = grids / name, 1
+    while target.exists():
+        n += 1
+        target = grids / f"{Path(name).stem}_{n}{Path(name).suffix}"
+    shutil.copyfile(image, target)
+    path = target.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import re
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -131,8 +132,15 @@ def test_quality_benchmark_appends_a_record(tmp_path, results_in_tmp):
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", r["date"]) and r["commit"]
     assert {"cpu", "cores", "torch", "device"} <= set(r["machine"])
     assert isinstance(r["metrics"]["mean"], float) and r["metrics"]["std"] > 0
-    assert (grids / r["grid"].split("/")[-1]).is_file()
+    kept = grids / r["grid"].split("/")[-1]
+    assert kept.is_file()
     assert (ROOT / "results" / "gaussian.jsonl").read_text() == ours  # the repository's records untouched
+    # another run of the same script, flags and day keeps its image beside the first's, not over it
+    first, other = kept.read_bytes(), tmp_path / "other.png"
+    other.write_bytes(b"another run's image")
+    second = quality.keep_image(other, grids, kept.name)
+    assert kept.read_bytes() == first and second.endswith(f"{kept.stem}_2.png")
+    assert Path(second).read_bytes() == b"another run's image"
 
 
 def test_a_model_page_shows_its_newest_runs_and_sends_the_reader_to_every_run():
