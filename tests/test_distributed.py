@@ -124,8 +124,8 @@ def test_every_script_trains_alike_in_both_processes_and_rank_0_alone_writes(mni
         runs.append((name, [*argv, "--max_steps", "3", "--epochs", "10"]))
     done = subprocess.run(command(tmp_path, runs), capture_output=True, text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    starts = [line for line in done.stdout.splitlines() if "2 processes" in line]
     for name in names:  # rank 0 alone prints each run's start line
-        starts = [line for line in done.stdout.splitlines() if "2 processes" in line]
         assert sum(line.startswith(f"{name}.py: ") for line in starts) == 1, done.stdout
         checkpoint, saved = assert_processes_agree_and_rank_1_wrote_nothing(tmp_path, name, run=name)
         assert saved["step"] == 3 and saved["args"]["batch"] == 8 and saved["args"]["amp"] == (name in BF16)
