@@ -85,6 +85,9 @@ positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive
 nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
 unit_interval = _typed(float, lambda v: 0 <= v < 1, "in [0, 1)")  # Adam's betas, dropout
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's three, in the order they apply
+# ADA (Karras et al. 2020, section 3): every 4 D steps, p moves toward keeping r = E[sign(D(x_real))]
+# at 0.6, by at most 1 per 500,000 real images seen (the paper's values)
+ADA_TARGET, ADA_INTERVAL, ADA_IMAGES = 0.6, 4, 500_000
 
 
 def augment_policy(text):
@@ -100,6 +103,19 @@ def augment_policy(text):
     return ",".join(a for a in AUGMENTATIONS if a in parts)
 
 
+def augment_strength(text):
+    """--augment_p: a probability in [0, 1], or 'ada'."""
+    if text == "ada":
+        return text
+    try:
+        p = float(text)
+    except ValueError:
+        p = math.nan
+    if not 0 <= p <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a probability in [0, 1], or ada")
+    return p
+
+
 def add_common_flags(
     parser,
     script,
@@ -113,8 +129,10 @@ def add_common_flags(
     datasets=IMAGE_DATASETS,
     lr_source="the paper's",
     ema=True,
+    logit=True,
 ):
-    """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults."""
+    """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults.
+    logit: D's output is a logit, positive for 'real' (not a WGAN critic's score), which ada reads."""
     parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
     p = parser.add_argument
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
@@ -160,6 +178,19 @@ def add_common_flags(
         help="differentiable augmentation of every image D sees, real and generated, in both steps "
         f"(DiffAugment, Zhao et al. 2020): none, or a comma-separated list of {', '.join(AUGMENTATIONS)} "
         "(color skips saturation on grey images). Default none: the paper's D",
+    )
+    ada = (
+        ", or ada: from 0, raised while D's sign on real images says it is learning them by heart "
+        f"(E[sign D(x)] > {ADA_TARGET}) and lowered otherwise (ADA, Karras et al. 2020)"
+        if logit
+        else " (ada is for D's that give a logit, not a WGAN critic)"
+    )
+    p(
+        "--augment_p",
+        type=augment_strength if logit else _typed(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        default=1.0,
+        help=f"with --augment: the probability that each image gets each transform; 1 = DiffAugment{ada} "
+        "(default 1)",
     )
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(
@@ -315,10 +346,12 @@ def parse_args(parser, argv):
         if getattr(parser, "script", None) and ckpt.get("script") != parser.script:
             check_checkpoint(ckpt, parser.script, args, ("dataset", "image_size", "zdim", "hidden_dim"))
         # a flag added after the checkpoint was made: its value before it existed, not today's default
-        saved = {**getattr(parser, "before_flag", {}), **ckpt["args"]}
+        saved = {"augment": "none", "augment_p": 1.0, **getattr(parser, "before_flag", {}), **ckpt["args"]}
         for key, value in saved.items():
             if key not in given and hasattr(args, key):
                 setattr(args, key, value)
+    if getattr(args, "augment", None) == "none" and "augment_p" in explicit_flags(parser, argv):
+        parser.error("--augment_p: with --augment none no image is transformed; name a policy too")
     return args
 
 
@@ -943,16 +976,50 @@ class DiffAugment:
       image's mean;
     - translation: a shift of up to 1/8 of the side in each direction, the uncovered border 0;
     - cutout: a square of half the side, anywhere (it may overhang the border), set to 0.
-    'none' returns the images themselves."""
+    'none' returns the images themselves.
 
-    def __init__(self, policy, draw):
+    --augment_p p < 1: each image gets each transform with probability p (DiffAugment: always).
+    --augment_p ada, the adaptive strength of ADA (Karras, Aittala, Hellsten, Laine, Lehtinen, Aila,
+    "Training Generative Adversarial Networks with Limited Data", NeurIPS 2020, arXiv:2006.06676,
+    section 3): p starts at 0; D's step hands its logits on the real images to observe(), and
+    every ADA_INTERVAL steps adapt() moves p by sign(r - 0.6) x (real images seen) / 500,000, where
+    r = E[sign D(x_real)] since the last move (all processes' together). r near 1 says D calls
+    nearly every training image real with confidence: it is learning them by heart. p, and the sums
+    since the last move, are one tensor on the device (no host sync), saved in the checkpoint."""
+
+    def __init__(self, policy, draw, p=1.0, device=None):
         self.policy = [] if policy == "none" else policy.split(",")
         self.draw = draw  # draw(n, *shape): uniform [0, 1) numbers on the device, this process's share
+        self.adaptive = p == "ada"
+        self.always = p == 1  # DiffAugment: no draw of whether to transform
+        # p; ADA's sum of signs and count of real logits since p last moved
+        self.state = torch.tensor([0.0 if self.adaptive else p, 0.0, 0.0], device=device)
 
     def __call__(self, x):
         for name in self.policy:
-            x = getattr(self, name)(x)
+            if self.always:
+                x = getattr(self, name)(x)
+            else:  # each image its own coin: transformed with probability p
+                chosen = self.draw(len(x), 1, 1, 1) < self.state[0]
+                x = torch.where(chosen, getattr(self, name)(x), x)
         return x
+
+    def observe(self, real_logits):
+        """ADA: count D's signs on (augmented) real images; nothing unless --augment_p ada."""
+        if self.adaptive:
+            logits = real_logits.detach().float()
+            self.state[1:] += torch.stack([logits.sign().sum(), logits.new_tensor(float(logits.numel()))])
+
+    def adapt(self):
+        """ADA: move p toward r = 0.6, with every process's signs (so all hold the same p)."""
+        if not self.adaptive:
+            return
+        seen = self.state[1:].clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(seen)
+        r = seen[0] / seen[1].clamp(min=1)
+        move = torch.sign(r - ADA_TARGET) * seen[1] / ADA_IMAGES
+        self.state.copy_(torch.stack([(self.state[0] + move).clamp(0, 1), seen[1] * 0, seen[1] * 0]))
 
     def color(self, x):
         n = len(x)
@@ -1311,7 +1378,14 @@ class Run:
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.log, self._stop, self._stop_step = None, None, None, None
         self._save_due, self.stop_kind, self.saved_at, self.save_cost = 0, None, time.monotonic(), 0.0
-        self.augment = DiffAugment(getattr(args, "augment", "none"), self.rand)  # --augment: D(augment(x))
+        self.augmenters, self._augment = {}, None
+
+    @property
+    def augment(self):
+        """The run's --augment, made at its first use: D(run.augment(x))."""
+        if self._augment is None:
+            self._augment = self.augmentation("augment")
+        return self._augment
 
     @property
     def channels(self):
@@ -1337,6 +1411,20 @@ class Run:
         """n uniform [0, 1) draws of `shape` for this process, shared out as randn() does."""
         u = torch.rand(self.processes * n, *shape, device=self.device)
         return u[self.rank * n : (self.rank + 1) * n]
+
+    def augmentation(self, name):
+        """A DiffAugment of --augment and --augment_p; with ada, its p is saved as `name` and logged
+        as `name`_p. A model with several D's (dcgan_classwise) makes one for each."""
+        args = self.args
+        policy, p = getattr(args, "augment", "none"), getattr(args, "augment_p", 1.0)
+        augment = DiffAugment(policy, self.rand, p, self.device)
+        if augment.adaptive and augment.policy:
+            self.augmenters[name] = augment
+            if self.ckpt is None or name in self.ckpt:
+                self.track(**{name: augment.state})
+            else:  # a checkpoint from a run without ada: p starts at 0 here
+                self.things[name] = augment.state
+        return augment
 
     # -- what is saved ---------------------------------------------------------------------------
 
@@ -1538,6 +1626,10 @@ class Run:
         self.step += 1
         if self.processes > 1:
             self._average_buffers()
+        for name, augment in self.augmenters.items():  # --augment_p ada
+            if self.step % ADA_INTERVAL == 0:
+                augment.adapt()
+            losses[f"{name}_p"] = augment.state[0]
         self.log.add(
             images * self.processes, self.step, **losses
         )  # images/s of all processes; rank 0's losses

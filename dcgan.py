@@ -185,10 +185,13 @@ def generator_loss(fake_logits):
 
 def discriminator_step(G, D, opt_d, real, z, augment):
     """Update D on a real batch and a fake one, each through D on its own (own BN statistics);
-    augment (--augment) transforms both alike, or returns them as they are."""
+    augment (--augment) transforms both alike, or returns them as they are. With --augment_p ada
+    it reads D's logits on the real batch to set how often it transforms."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
+    real_logits = D(augment(real))
+    augment.observe(real_logits)
+    loss = discriminator_loss(real_logits, D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()

@@ -167,10 +167,13 @@ def generator_loss(fake_logits):
 
 
 def d_step(G, D, opt_d, real, z, augment):
-    """Update D on a real batch and a fake one, each through D on its own (own BN statistics)."""
+    """Update D on a real batch and a fake one, each through D on its own (own BN statistics).
+    augment: --augment (and with --augment_p ada, D's logits on the real batch set its strength)."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
+    real_logits = D(augment(real))
+    augment.observe(real_logits)
+    loss = discriminator_loss(real_logits, D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()
@@ -208,6 +211,7 @@ class Pair:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=args.lr, betas=(args.beta1, 0.999))
         self.zdim, self.noise = args.zdim, torch.Generator().manual_seed(args.seed * 1000 + c)
         self.fixed_z = torch.randn(64, args.zdim, generator=self.noise).to(run.device)  # alike everywhere
+        self.augment = run.augmentation(f"augment_{c}")  # each D its own ada strength (--augment_p ada)
         if images is not None:  # training (not --generate): read on from the run's count of batches
             self.data = common.TensorBatches(images, args.batch, run.device, args.seed)
             self.reader = common.BatchReader(self.data, run.batches_done, run.memory_format)
@@ -261,8 +265,8 @@ def train(args):
             for p in pairs:  # each pair reads only its own class, networks and noise
                 for _ in range(args.critic_repeats):
                     real = p.reader.next()
-                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, real, p.z(p.data.batch), run.augment)
-                loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch), run.augment)
+                    loss_d = d_step(p.fast_G, p.fast_D, p.opt_d, real, p.z(p.data.batch), p.augment)
+                loss_g = g_step(p.fast_G, p.fast_D, p.opt_g, p.z(p.data.batch), p.augment)
                 common.ema_update(p.G_ema, p.G, args.ema, run.step)
                 losses.update({f"loss_d_{p.c}": loss_d, f"loss_g_{p.c}": loss_g})
             run.batches_done += args.critic_repeats  # Run counts the batches each pair drew

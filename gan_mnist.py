@@ -178,10 +178,13 @@ def generator_loss(fake_logits, kind):
 
 
 def d_step(G, D, opt_d, real, z, augment):
-    """Ascend D's objective; the fake batch is made without a graph, so no gradient reaches G."""
+    """Ascend D's objective; the fake batch is made without a graph, so no gradient reaches G.
+    augment: --augment (and with --augment_p ada, D's logits on the real batch set its strength)."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(augment(real)), D(augment(fake)))
+    real_logits = D(augment(real))
+    augment.observe(real_logits)
+    loss = discriminator_loss(real_logits, D(augment(fake)))
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()

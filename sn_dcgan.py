@@ -162,10 +162,13 @@ def generator_loss(fake_logits, kind):
 
 
 def d_step(G, D, opt_d, real, z, kind, augment):
-    """One D update on a real and a detached fake batch; the power iteration advances in D's forward."""
+    """One D update on a real and a detached fake batch; the power iteration advances in D's forward.
+    augment: --augment (and with --augment_p ada, D's logits on the real batch set its strength)."""
     with torch.no_grad():
         fake = G(z)
-    loss = discriminator_loss(D(augment(real)), D(augment(fake)), kind)
+    real_logits = D(augment(real))
+    augment.observe(real_logits)
+    loss = discriminator_loss(real_logits, D(augment(fake)), kind)
     opt_d.zero_grad(set_to_none=True)
     loss.backward()
     opt_d.step()

@@ -78,6 +78,7 @@ def build_parser():
         zdim=100,
         epochs=25,
         lr_source="a departure: Algorithm 1 has 5e-5, which learns far more slowly per step",
+        logit=False,  # a critic's score has no fixed zero: no --augment_p ada
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")

@@ -74,6 +74,7 @@ def build_parser():
         zdim=100,
         epochs=25,
         lr_source="the authors' CIFAR-10 code's, without its decay; Algorithm 1 has 1e-4",
+        logit=False,  # a critic's score has no fixed zero: no --augment_p ada
     )
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")

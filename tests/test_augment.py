@@ -220,3 +220,56 @@ def test_evaluate_reports_held_out_fid_and_copy_share_against_the_images_a_run_t
     # a checkpoint of a --train_images 40 --seed 3 run: its training images are those 40
     trained = evaluate.real_images("mnist", held_out_root, 16, 1, 1000, trained=(40, 3))[0]
     assert torch.equal(trained, train[keep])
+
+
+def coins(*values):
+    """A draw for --augment_p: 0.5 for every transform's own numbers (a centred cutout), `values` in
+    turn for the coins (shape n x 1 x 1 x 1), and a log of every draw's shape."""
+    shapes, left = [], list(values)
+
+    def draw(n, *shape):
+        shapes.append(shape)
+        if shape == (1, 1, 1):
+            return torch.tensor(left.pop(0)).view(n, 1, 1, 1)
+        return torch.full((n, *shape), 0.5)
+
+    return draw, shapes
+
+
+def test_augment_p_gives_each_image_its_own_coin_and_p_1_draws_none():
+    x = torch.rand(2, 1, 16, 16) + 0.5
+    cut = common.DiffAugment("cutout", fixed(0.5))(x)
+    draw, shapes = coins([0.2, 0.7])
+    half = common.DiffAugment("cutout", draw, 0.5)(x)  # the first image's coin is under 0.5: cut
+    assert torch.equal(half[0], cut[0]) and torch.equal(half[1], x[1])
+    assert shapes.count((1, 1, 1)) == 1
+    draw, shapes = coins([0.0, 0.0])
+    assert torch.equal(common.DiffAugment("cutout", draw, 0.0)(x), x)  # p = 0: never, whatever the coin
+    draw, shapes = coins()
+    assert torch.equal(common.DiffAugment("cutout", draw, 1.0)(x), cut) and (1, 1, 1) not in shapes
+
+
+def test_ada_raises_p_while_d_calls_the_real_images_real_and_lowers_it_otherwise():
+    """r = E[sign D(x)] over the logits seen since p last moved: above 0.6 p rises by the images seen
+    over 500,000, below it p falls, never under 0 nor over 1; the sums start again after each move."""
+    ada = common.DiffAugment("translation", fixed(0.5), "ada")
+    assert ada.adaptive and ada.state[0] == 0
+    for _ in range(4):  # 4 x 64 logits, 54 of each 64 positive: r = (54 - 10) / 64 = 0.69 > 0.6
+        ada.observe(torch.cat([torch.full((54,), 3.0), torch.full((10,), -1.0)]))
+    ada.adapt()
+    torch.testing.assert_close(ada.state, torch.tensor([256 / common.ADA_IMAGES, 0.0, 0.0]))
+    for _ in range(4):  # 51 of 64: r = 0.59 < 0.6
+        ada.observe(torch.cat([torch.full((51,), 3.0), torch.full((13,), -1.0)]))
+    ada.adapt()
+    torch.testing.assert_close(ada.state, torch.zeros(3))
+    ada.observe(-torch.ones(64))
+    ada.adapt()  # already 0: stays 0
+    assert ada.state[0] == 0
+    ada.state[0] = 0.9999
+    ada.observe(torch.ones(500))
+    ada.adapt()
+    assert ada.state[0] == 1
+    fixed_p = common.DiffAugment("translation", fixed(0.5), 0.3)
+    fixed_p.observe(torch.ones(64))
+    fixed_p.adapt()
+    torch.testing.assert_close(fixed_p.state, torch.tensor([0.3, 0.0, 0.0]))  # a fixed p: never moves
