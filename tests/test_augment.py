@@ -273,3 +273,81 @@ def test_ada_raises_p_while_d_calls_the_real_images_real_and_lowers_it_otherwise
     fixed_p.observe(torch.ones(64))
     fixed_p.adapt()
     torch.testing.assert_close(fixed_p.state, torch.tensor([0.3, 0.0, 0.0]))  # a fixed p: never moves
+
+
+LOGIT_SCRIPTS = ["gan_mnist", "dcgan", "dcgan_classwise", "sn_dcgan"]
+
+
+@pytest.mark.parametrize("name", LOGIT_SCRIPTS)
+def test_ada_reads_d_on_the_real_batch_of_every_d_step_and_saves_and_logs_p(
+    name, mnist_root, tmp_path, monkeypatch
+):
+    """With --augment_p ada each D step hands augment.observe its logits on the real batch (D's first
+    call of the step), and after 4 steps p has moved by the rule on exactly those logits; the
+    checkpoint holds p (one per pair in dcgan_classwise) and log.csv logs it."""
+    module = importlib.import_module(name)
+    outputs, observed = [], []
+    d_forward, observe = module.Discriminator.forward, common.DiffAugment.observe
+
+    def record_output(self, x):
+        out = d_forward(self, x)
+        if any(p.requires_grad for p in self.parameters()):  # D's step, not G's
+            outputs.append(out.detach().float().clone())
+        return out
+
+    def record_observed(self, logits):
+        observed.append((self, logits.detach().clone()))
+        return observe(self, logits)
+
+    monkeypatch.setattr(module.Discriminator, "forward", record_output)
+    monkeypatch.setattr(common.DiffAugment, "observe", record_observed)
+    out = tmp_path / "ada"
+    flags = [*tiny_args(name, mnist_root), "--augment", "translation", "--augment_p", "ada"]
+    module.main([*flags, "--max_steps", "3", "--log_every", "1", "--out", str(out)])
+    names = ["augment_1", "augment_4"] if name == "dcgan_classwise" else ["augment"]
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for i, key in enumerate(names):  # dcgan_classwise: pair 1's D, then pair 4's, each step
+        logits = torch.cat([logits for _, logits in observed[i :: len(names)]])
+        assert len(logits) == 3 * 8
+        torch.testing.assert_close(ckpt[key], torch.tensor([0.0, float(logits.sign().sum()), 24.0]))
+    resume = ["--resume", str(out / "checkpoint.pt"), "--device", "cpu", "--no-quality"]
+    module.main([*resume, "--max_steps", "4", "--out", str(out)])  # p moves after the 4th step
+    real_outputs = outputs[0::2]  # each D step: D(augment(real)), then D(augment(fake))
+    assert len(observed) == len(real_outputs) == 4 * len(names)
+    for (_, logits), real in zip(observed, real_outputs):
+        torch.testing.assert_close(logits, real, rtol=0, atol=0)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    for i, key in enumerate(names):
+        logits = torch.cat([logits for _, logits in observed[i :: len(names)]])
+        r = logits.sign().mean()
+        p = max(0.0, float(torch.sign(r - common.ADA_TARGET)) * len(logits) / common.ADA_IMAGES)
+        torch.testing.assert_close(ckpt[key], torch.tensor([p, 0.0, 0.0]))
+        assert f"{key}_p" in header
+
+
+@pytest.mark.parametrize("name", ["wgan", "wgan_gp"])
+def test_the_wgan_scripts_refuse_ada_and_every_script_refuses_augment_p_without_a_policy(
+    name, mnist_root, capsys
+):
+    module = importlib.import_module(name)
+    for flags in (["--augment", "translation", "--augment_p", "ada"], ["--augment_p", "0.5"]):
+        with pytest.raises(SystemExit):
+            module.main(["--data_root", mnist_root, *flags, "--device", "cpu"])
+        error_line(capsys.readouterr().err, "--augment_p")
+
+
+def test_an_ada_run_resumes_exactly_with_its_p_and_its_sums_since_the_last_move(mnist_root, tmp_path):
+    """6 steps in one go against 3, then 3 from the checkpoint: p moves at step 4, from the signs of
+    steps 1-4, 3 of which were counted before the save."""
+    dcgan = importlib.import_module("dcgan")
+    flags = [*tiny_args("dcgan", mnist_root), "--augment", "translation,cutout", "--augment_p", "ada"]
+    dcgan.main([*flags, "--max_steps", "6", "--out", str(tmp_path / "whole")])
+    dcgan.main([*flags, "--max_steps", "3", "--out", str(tmp_path / "half")])
+    half = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)["augment"]
+    assert half[0] == 0 and half[2] == 3 * 8  # before the move: 3 steps' 8 real logits counted
+    resume = ["--resume", str(tmp_path / "half" / "checkpoint.pt"), "--device", "cpu", "--no-quality"]
+    dcgan.main([*resume, "--max_steps", "6", "--out", str(tmp_path / "half")])
+    whole, half = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("whole", "half"))
+    assert torch.equal(whole["augment"], half["augment"]) and whole["augment"][2] == 2 * 8
+    assert all(torch.equal(whole["D"][k], half["D"][k]) for k in whole["D"])
