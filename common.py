@@ -130,6 +130,8 @@ def add_common_flags(
     lr_source="the paper's",
     ema=True,
     logit=True,
+    augment="none",
+    augment_p=1.0,
 ):
     """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults.
     logit: D's output is a logit, positive for 'real' (not a WGAN critic's score), which ada reads."""
@@ -171,13 +173,14 @@ def add_common_flags(
         help="train on N images of the training split, chosen by --seed (as many of each class as can be, "
         "on labelled data), to study small data sets (default: all of them)",
     )
+    paper = " (the paper's D)" if augment == "none" else ""
     p(
         "--augment",
         type=augment_policy,
-        default="none",
+        default=augment,
         help="differentiable augmentation of every image D sees, real and generated, in both steps "
         f"(DiffAugment, Zhao et al. 2020): none, or a comma-separated list of {', '.join(AUGMENTATIONS)} "
-        "(color skips saturation on grey images). Default none: the paper's D",
+        f"(color skips saturation on grey images). Default {augment}{paper}",
     )
     ada = (
         ", or ada: from 0, raised while D's sign on real images says it is learning them by heart "
@@ -188,9 +191,9 @@ def add_common_flags(
     p(
         "--augment_p",
         type=augment_strength if logit else _typed(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-        default=1.0,
+        default=augment_p,
         help=f"with --augment: the probability that each image gets each transform; 1 = DiffAugment{ada} "
-        "(default 1)",
+        f"(default {augment_p})",
     )
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(
@@ -1010,13 +1013,22 @@ class DiffAugment:
             logits = real_logits.detach().float()
             self.state[1:] += torch.stack([logits.sign().sum(), logits.new_tensor(float(logits.numel()))])
 
+    def all_seen(self):
+        """The sum of signs and the count since p last moved, over all processes."""
+        seen = self.state[1:].clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(seen)
+        return seen
+
+    def checkpoint_state(self):
+        """p and every process's sums: the checkpoint of rank 0 is the whole run's (see Run)."""
+        return torch.cat([self.state[:1], self.all_seen()])
+
     def adapt(self):
         """ADA: move p toward r = 0.6, with every process's signs (so all hold the same p)."""
         if not self.adaptive:
             return
-        seen = self.state[1:].clone()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(seen)
+        seen = self.all_seen()
         r = seen[0] / seen[1].clamp(min=1)
         move = torch.sign(r - ADA_TARGET) * seen[1] / ADA_IMAGES
         self.state.copy_(torch.stack([(self.state[0] + move).clamp(0, 1), seen[1] * 0, seen[1] * 0]))
@@ -1422,6 +1434,7 @@ class Run:
             self.augmenters[name] = augment
             if self.ckpt is None or name in self.ckpt:
                 self.track(**{name: augment.state})
+                augment.state[1:] /= self.processes  # the saved sums are all processes': a share each
             else:  # a checkpoint from a run without ada: p starts at 0 here
                 self.things[name] = augment.state
         return augment
@@ -1462,6 +1475,8 @@ class Run:
                 states[name] = thing.state_dict()
             elif isinstance(thing, torch.Generator):
                 states[name] = thing.get_state()
+            elif name in self.augmenters:  # every process calls save(): the sums of all of them
+                states[name] = self.augmenters[name].checkpoint_state()
             else:
                 states[name] = thing
         return states

@@ -137,12 +137,17 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
     gradient of one process with batch 2b: same real images, same noise, same augmentation (each
     process draws its own share of one draw), same weights after 3 steps. wgan_gp and sn_dcgan in one
     torchrun, then both in one plain process; the two processes also agree and rank 1 wrote nothing.
-    G's BatchNorm statistics are frozen in both runs (see distributed_worker.py)."""
+    G's BatchNorm statistics are frozen in both runs (see distributed_worker.py). sn_dcgan runs with
+    --augment_p ada: its checkpoint holds the signs of D on the real images of both processes."""
     names, close = BATCH_B, torch.testing.assert_close
     steps = ["--max_steps", "3", "--epochs", "10", "--augment", "color,translation,cutout"]
+    ada = {"sn_dcgan": ["--augment_p", "ada"]}
 
     def runs(batch):
-        return [(name, [*script_args(name, mnist_root, batch=batch, out=name), *steps]) for name in names]
+        return [
+            (name, [*script_args(name, mnist_root, batch=batch, out=name), *steps, *ada.get(name, [])])
+            for name in names
+        ]
 
     two = subprocess.run(
         command(tmp_path / "two", runs(4), freeze=True), capture_output=True, text=True, env=ENV, timeout=300
@@ -161,6 +166,9 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
         a = torch.load(tmp_path / "two" / "rank0" / name / "checkpoint.pt", weights_only=False)
         b = torch.load(tmp_path / "one" / "rank0" / name / "checkpoint.pt", weights_only=False)
         assert a["step"] == b["step"] == 3
+        if name in ada:  # p has not moved yet (it moves at step 4): the sums of 3 steps of 8 images
+            assert b["augment"][2] == 3 * 8
+            assert torch.equal(a["augment"], b["augment"]), (a["augment"], b["augment"])
         for net in ("G", "D"):
             for key, tensor in b[net].items():
                 if tensor.is_floating_point():
