@@ -222,7 +222,7 @@ def block_summary(rs, base):
     return "\n\n".join(parts)
 
 
-PAGE_RUNS = 6  # a model page's newest runs; docs/results.md has them all
+PAGE_RUNS = 5  # a model page's newest runs (pages stay under 12,000 characters); results.md has all
 
 
 def block_results(rs, script, base):
@@ -367,6 +367,8 @@ def cell(r, k):
         return {"kept": "kept" if value else "not kept"}.get(k, "yes" if value else "no")
     if isinstance(value, (int, float)):
         return num(value, 2 if k == "ratio" else None)
+    if isinstance(value, dict):  # data_sha256: each file's hash, its first 8 digits (the record has all)
+        return " ".join(f"{name} {str(v)[:8]}" for name, v in value.items())
     return "-" if value is None else value
 
 

@@ -173,3 +173,10 @@ def test_a_model_page_shows_its_newest_lever_runs_and_levers_md_all_of_them():
     assert [d for d in range(1, 10) if f"lever {d} |" in page] == list(range(10 - report.PAGE_RUNS, 10))
     assert f"The newest {report.PAGE_RUNS} of its 9 lever runs" in page and "(levers.md)" in page
     assert all(f"lever {d} |" in every for d in range(1, 10)) and "The newest" not in every
+
+
+def test_results_md_shows_each_data_file_by_the_first_digits_of_its_hash():
+    digest = "0393ef47a54d9409156f803f9dadf5db43946dfc63ea96181bda88036556bfd8"
+    rs = [record("quality", "dcgan", "2026-12-07", 30.0, data_sha256={"train-images-idx3-ubyte": digest})]
+    text = report.block_kind(rs, "quality", "all", "docs/results.md")
+    assert "train-images-idx3-ubyte 0393ef47 |" in text and digest not in text
