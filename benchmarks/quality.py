@@ -90,8 +90,11 @@ def trajectory(rows):
     ]
 
 
-def data_label(data_root):
-    """'MNIST, 4,000 training digits': the count read from the IDX header of the training images."""
+def data_label(data_root, flags=""):
+    """'MNIST, 4,000 training digits': the count read from the IDX header of the training images;
+    'MNIST, 400 of 4,000 training digits' where the flags hold --train_images 400."""
+    words = shlex.split(flags.replace("--train_images=", "--train_images "))
+    part = words[words.index("--train_images") + 1] if "--train_images" in words[:-1] else None
     raw = Path(data_root) / "MNIST" / "raw" / "train-images-idx3-ubyte"
     try:
         if raw.is_file():
@@ -100,7 +103,8 @@ def data_label(data_root):
             import gzip
 
             head = gzip.open(raw.with_suffix(".gz")).read(8)
-        return f"MNIST, {int.from_bytes(head[4:8], 'big'):,} training digits"
+        whole = int.from_bytes(head[4:8], "big")
+        return f"MNIST, {f'{int(part):,} of ' if part else ''}{whole:,} training digits"
     except OSError:
         return f"MNIST from {data_root}"
 
@@ -237,7 +241,7 @@ def main(argv=None):
             log = [r for r in log_rows(out) if r.get("images_per_s")][-1]
             metrics = measure(out / "checkpoint.pt", args.data_root, args.n, args.device)
             row = records.new_record(
-                "quality", args.device, script=script, flags=flags, data=data_label(args.data_root),
+                "quality", args.device, script=script, flags=flags, data=data_label(args.data_root, flags),
                 data_sha256=data_sums(args.data_root), budget_min=minutes, wall_s=round(wall, 1),
                 steps=int(float(log["step"])), images_per_s=round(float(log["images_per_s"])), n=args.n,
                 metrics={k: metrics[k] for k in METRICS if k in metrics},

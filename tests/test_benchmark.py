@@ -3,7 +3,7 @@
 import importlib.util
 import sys
 
-from conftest import ROOT
+from conftest import PER_CLASS, ROOT
 
 import common
 
@@ -95,3 +95,15 @@ def test_quality_benchmark_does_not_stall_a_chatty_run(tmp_path, monkeypatch):
     monkeypatch.setattr(quality, "ROOT", tmp_path)
     wall = quality.train_for("chatty", 3 / 60, "unused", tmp_path / "out", [])
     assert (tmp_path / "printed").read_text() == "before the stop" and 2.5 < wall < 30
+
+
+def test_a_quality_record_names_the_part_of_the_data_a_run_trained_on(mnist_root):
+    """With --train_images the record's data says how many of the folder's digits trained: the
+    400-digit records of an earlier day said 'MNIST, 4,000 training digits'."""
+    spec = importlib.util.spec_from_file_location("quality_bench", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    whole = 10 * PER_CLASS
+    assert quality.data_label(mnist_root) == f"MNIST, {whole:,} training digits"
+    for flags in ("--train_images 40 --augment cutout", "--augment cutout --train_images=40"):
+        assert quality.data_label(mnist_root, flags) == f"MNIST, 40 of {whole:,} training digits"
