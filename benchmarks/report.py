@@ -330,13 +330,23 @@ def block_longer(rs, base):
 
 
 def block_levers(rs, script, base):
-    rows = []
+    runs = {}  # one row per lever run: the budgets of one chain (same lever, commit, day) side by side
     for r in newest_first([r for r in of(rs, "quality", script) if r.get("lever")]):
-        base_run = defaults_run(rs, r["script"], r.get("budget_min"), day(r), r.get("baseline_flags", ""))
-        before = base_run["metrics"].get("fid") if base_run else None
+        key = (r["script"], r["lever"], r.get("flags"), r.get("commit"), day(r))
+        runs.setdefault(key, []).append(r)
+    rows = []
+    for run in runs.values():
+        run.sort(key=lambda r: r.get("budget_min") or 0)
+        r, before, after = run[0], [], []
+        for each in run:
+            base_run = defaults_run(
+                rs, r["script"], each.get("budget_min"), day(r), r.get("baseline_flags", "")
+            )
+            before.append(num(base_run["metrics"].get("fid"), 1) if base_run else "no baseline that day")
+            after.append(num(each.get("metrics", {}).get("fid"), 1))
         rows.append([
-            f"`{r['script']}`", r["lever"], f"`{r['flags']}`", num(r.get("budget_min")),
-            num(before, 1) if base_run else "no baseline that day", num(r.get("metrics", {}).get("fid"), 1),
+            f"`{r['script']}`", r["lever"], f"`{r['flags']}`",
+            " / ".join(num(e.get("budget_min")) for e in run), " / ".join(before), " / ".join(after),
             "kept" if r.get("kept") else "not kept", r.get("why", ""), r["date"], machine(r),
         ])  # fmt: skip
     head = [

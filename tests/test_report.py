@@ -180,3 +180,14 @@ def test_results_md_shows_each_data_file_by_the_first_digits_of_its_hash():
     rs = [record("quality", "dcgan", "2026-12-07", 30.0, data_sha256={"train-images-idx3-ubyte": digest})]
     text = report.block_kind(rs, "quality", "all", "docs/results.md")
     assert "train-images-idx3-ubyte 0393ef47 |" in text and digest not in text
+
+
+def test_the_budgets_of_one_lever_run_share_a_row():
+    """A chain of 8, 15 and 30 minutes is one run: one row, its figures in minutes order."""
+    ada = dict(flags="--augment cutout", lever="cutout", kept=False, commit="abc1234")
+    at = [(8, 58.4, {}), (30, 41.3, {}), (30, 52.0, ada), (8, 54.5, ada)]
+    rs = [dict(record("quality", "dcgan", "2026-12-07", fid), budget_min=m, **more) for m, fid, more in at]
+    rs.append(dict(record("quality", "dcgan", "2026-12-07", 60.0), **dict(ada, commit="def5678")))
+    text = report.block_levers(rs, "dcgan", "docs/dcgan.md")
+    assert "| `dcgan` | cutout | `--augment cutout` | 8 / 30 | 58.4 / 41.3 | 54.5 / 52.0 | not kept |" in text
+    assert "| 8 | 58.4 | 60.0 |" in text and text.count("| `dcgan` |") == 2
