@@ -85,8 +85,9 @@ positive_float = _typed(float, lambda v: v > 0 and math.isfinite(v), "a positive
 nonnegative_float = _typed(float, lambda v: v >= 0 and math.isfinite(v), "zero or more")
 unit_interval = _typed(float, lambda v: 0 <= v < 1, "in [0, 1)")  # Adam's betas, dropout
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's three, in the order they apply
-# ADA (Karras et al. 2020, section 3): every 4 D steps, p moves toward keeping r = E[sign(D(x_real))]
-# at 0.6, by at most 1 per 500,000 real images seen (the paper's values)
+# ADA (Karras et al. 2020, section 3): every 4 steps, p moves toward keeping r = E[sign(D(x_real))]
+# at 0.6, by at most 1 per 500,000 real images seen (the paper's values). A step is a G step: with
+# --critic_repeats k, 4k D minibatches (p's move per real image seen is the paper's all the same)
 ADA_TARGET, ADA_INTERVAL, ADA_IMAGES = 0.6, 4, 500_000
 
 
@@ -103,9 +104,14 @@ def augment_policy(text):
     return ",".join(a for a in AUGMENTATIONS if a in parts)
 
 
-def augment_strength(text):
-    """--augment_p: a probability in [0, 1], or 'ada'."""
+def augment_strength(text, logit=True):
+    """--augment_p: a probability in [0, 1], or 'ada' where D gives a logit (see add_common_flags)."""
     if text == "ada":
+        if not logit:
+            raise argparse.ArgumentTypeError(
+                "ada reads the sign of D's logit on real images; a WGAN critic gives a score with no "
+                "such sign: give a probability in [0, 1]"
+            )
         return text
     try:
         p = float(text)
@@ -190,7 +196,7 @@ def add_common_flags(
     )
     p(
         "--augment_p",
-        type=augment_strength if logit else _typed(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        type=augment_strength if logit else partial(augment_strength, logit=False),
         default=augment_p,
         help=f"with --augment: the probability that each image gets each transform; 1 = DiffAugment{ada} "
         f"(default {augment_p})",
@@ -985,7 +991,7 @@ class DiffAugment:
     --augment_p ada, the adaptive strength of ADA (Karras, Aittala, Hellsten, Laine, Lehtinen, Aila,
     "Training Generative Adversarial Networks with Limited Data", NeurIPS 2020, arXiv:2006.06676,
     section 3): p starts at 0; D's step hands its logits on the real images to observe(), and
-    every ADA_INTERVAL steps adapt() moves p by sign(r - 0.6) x (real images seen) / 500,000, where
+    every ADA_INTERVAL G steps adapt() moves p by sign(r - 0.6) x (real images seen) / 500,000, where
     r = E[sign D(x_real)] since the last move (all processes' together). r near 1 says D calls
     nearly every training image real with confidence: it is learning them by heart. p, and the sums
     since the last move, are one tensor on the device (no host sync), saved in the checkpoint."""
@@ -1434,7 +1440,8 @@ class Run:
             self.augmenters[name] = augment
             if self.ckpt is None or name in self.ckpt:
                 self.track(**{name: augment.state})
-                augment.state[1:] /= self.processes  # the saved sums are all processes': a share each
+                if self.rank:  # the saved sums are all processes': rank 0 carries them, exactly
+                    augment.state[1:] = 0
             else:  # a checkpoint from a run without ada: p starts at 0 here
                 self.things[name] = augment.state
         return augment
@@ -1479,6 +1486,9 @@ class Run:
                 states[name] = self.augmenters[name].checkpoint_state()
             else:
                 states[name] = thing
+        for name, state in (self.ckpt or {}).items():  # an ada state no step of this run has made yet
+            if name not in states and (name == "augment" or name.startswith("augment_")):
+                states[name] = state  # (a resume that stopped before its first D step): kept as it was
         return states
 
     def save(self):
@@ -1644,7 +1654,7 @@ class Run:
         for name, augment in self.augmenters.items():  # --augment_p ada
             if self.step % ADA_INTERVAL == 0:
                 augment.adapt()
-            losses[f"{name}_p"] = augment.state[0]
+            losses[f"{name}_p"] = augment.state[0].clone()  # adapt() changes state in place
         self.log.add(
             images * self.processes, self.step, **losses
         )  # images/s of all processes; rank 0's losses

@@ -1,6 +1,7 @@
 """--augment (DiffAugment on everything D sees), --train_images (a small, class-balanced training set),
 and evaluate.py's check that samples are not copies (fid_held_out, copy_share)."""
 
+import csv
 import importlib
 
 import numpy as np
@@ -284,8 +285,11 @@ def test_ada_reads_d_on_the_real_batch_of_every_d_step_and_saves_and_logs_p(
 ):
     """With --augment_p ada each D step hands augment.observe its logits on the real batch (D's first
     call of the step), and after 4 steps p has moved by the rule on exactly those logits; the
-    checkpoint holds p (one per pair in dcgan_classwise) and log.csv logs it."""
+    checkpoint holds p (one per pair in dcgan_classwise) and log.csv logs it. The target is set
+    below any r and 64 images move p by 1, so p must rise by (images seen) / 64."""
     module = importlib.import_module(name)
+    monkeypatch.setattr(common, "ADA_TARGET", -1.0)
+    monkeypatch.setattr(common, "ADA_IMAGES", 64)
     outputs, observed = [], []
     d_forward, observe = module.Discriminator.forward, common.DiffAugment.observe
 
@@ -320,9 +324,7 @@ def test_ada_reads_d_on_the_real_batch_of_every_d_step_and_saves_and_logs_p(
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     for i, key in enumerate(names):
         logits = torch.cat([logits for _, logits in observed[i :: len(names)]])
-        r = logits.sign().mean()
-        p = max(0.0, float(torch.sign(r - common.ADA_TARGET)) * len(logits) / common.ADA_IMAGES)
-        torch.testing.assert_close(ckpt[key], torch.tensor([p, 0.0, 0.0]))
+        torch.testing.assert_close(ckpt[key], torch.tensor([len(logits) / 64, 0.0, 0.0]))
         assert f"{key}_p" in header
 
 
@@ -331,18 +333,29 @@ def test_the_wgan_scripts_refuse_ada_and_every_script_refuses_augment_p_without_
     name, mnist_root, capsys
 ):
     module = importlib.import_module(name)
-    for flags in (["--augment", "translation", "--augment_p", "ada"], ["--augment_p", "0.5"]):
+    for flags, words in (
+        (["--augment", "translation", "--augment_p", "ada"], "logit"),
+        (["--augment_p", "0.5"], "policy"),
+    ):
         with pytest.raises(SystemExit):
             module.main(["--data_root", mnist_root, *flags, "--device", "cpu"])
-        error_line(capsys.readouterr().err, "--augment_p")
+        assert words in error_line(capsys.readouterr().err, "--augment_p")
 
 
-def test_an_ada_run_resumes_exactly_with_its_p_and_its_sums_since_the_last_move(mnist_root, tmp_path):
+def test_an_ada_run_resumes_exactly_with_its_p_and_its_sums_since_the_last_move(
+    mnist_root, tmp_path, monkeypatch
+):
     """6 steps in one go against 3, then 3 from the checkpoint: p moves at step 4, from the signs of
-    steps 1-4, 3 of which were counted before the save."""
+    steps 1-4, 3 of which were counted before the save. With the target below any r and 32 images
+    to move p by 1, p is 1 from step 5, so steps 5 and 6 augment every image. A resume that stops
+    before its first step keeps the checkpoint's ada state as it was."""
+    monkeypatch.setattr(common, "ADA_TARGET", -1.0)
+    monkeypatch.setattr(common, "ADA_IMAGES", 32)
     dcgan = importlib.import_module("dcgan")
     flags = [*tiny_args("dcgan", mnist_root), "--augment", "translation,cutout", "--augment_p", "ada"]
-    dcgan.main([*flags, "--max_steps", "6", "--out", str(tmp_path / "whole")])
+    dcgan.main([*flags, "--max_steps", "6", "--log_every", "2", "--out", str(tmp_path / "whole")])
+    rows = list(csv.DictReader((tmp_path / "whole" / "log.csv").open()))
+    assert [float(r["augment_p"]) for r in rows if r["step"] in ("4", "6")] == [0.5, 1.0]  # p of 3, 4; 5, 6
     dcgan.main([*flags, "--max_steps", "3", "--out", str(tmp_path / "half")])
     half = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)["augment"]
     assert half[0] == 0 and half[2] == 3 * 8  # before the move: 3 steps' 8 real logits counted
@@ -350,4 +363,8 @@ def test_an_ada_run_resumes_exactly_with_its_p_and_its_sums_since_the_last_move(
     dcgan.main([*resume, "--max_steps", "6", "--out", str(tmp_path / "half")])
     whole, half = (torch.load(tmp_path / r / "checkpoint.pt", weights_only=False) for r in ("whole", "half"))
     assert torch.equal(whole["augment"], half["augment"]) and whole["augment"][2] == 2 * 8
+    assert whole["augment"][0] == 1
     assert all(torch.equal(whole["D"][k], half["D"][k]) for k in whole["D"])
+    dcgan.main([*resume, "--max_steps", "6", "--out", str(tmp_path / "half")])  # no step to make
+    again = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)
+    assert again["step"] == 6 and torch.equal(again["augment"], whole["augment"])
