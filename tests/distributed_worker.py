@@ -6,7 +6,7 @@ Afterwards the networks it trained go to OUT/nets_<R>_<SCRIPT>.pt for the test t
 processes.
 
     torchrun --standalone --nproc_per_node 2 tests/distributed_worker.py OUT \
-        [--freeze_g_statistics] SCRIPT ARGS [--then SCRIPT ARGS ...]
+        [--freeze_g_statistics] [--quick_ada] SCRIPT ARGS [--then SCRIPT ARGS ...]
 
 Several scripts separated by --then train one after the other in the same processes (one launch:
 a torchrun's start-up costs more than a few tiny steps); the worker then joins the process group
@@ -17,6 +17,10 @@ and must leave it standing.
 that 2 processes with batch b and 1 process with batch 2b compute the same function: the test then
 compares the distributed arithmetic (averaged gradients, shares of data and noise, the penalty)
 and not per-process batch statistics, which differ by design (--sync_bn, GPU only, shares them).
+
+--quick_ada makes --augment_p ada move within a few steps: p rises every 2 steps (whatever D's
+signs), by 1 per 32 real images of all processes, so that a 3-step run exercises the pooled move and
+per-image coins at 0 < p < 1.
 """
 
 import importlib
@@ -57,8 +61,13 @@ def train(script, argv, freeze, folder):
 
 def main():
     out, *argv = sys.argv[1:]
-    freeze = argv[:1] == ["--freeze_g_statistics"]
-    argv = argv[1:] if freeze else argv
+    options = {"--freeze_g_statistics", "--quick_ada"}
+    given = set()
+    while argv and argv[0] in options:
+        given.add(argv.pop(0))
+    freeze = "--freeze_g_statistics" in given
+    if "--quick_ada" in given:
+        common.ADA_TARGET, common.ADA_INTERVAL, common.ADA_IMAGES = -1.0, 2, 32
     runs, run = [], []
     for word in argv:
         if word == "--then":

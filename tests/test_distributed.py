@@ -31,17 +31,17 @@ def script_args(name, data_root, batch=8, amp="--no-amp", out="run"):
     return ["--data_root", data_root, *TINY, amp, "--batch", str(batch), *size, *classes, "--out", out]
 
 
-def worker(out, runs, freeze=False):
+def worker(out, runs, freeze=False, quick_ada=False):
     """The worker's command line; `runs`: [(script, argv), ...], trained one after the other."""
-    freezing = ["--freeze_g_statistics"] if freeze else []
+    options = ["--freeze_g_statistics"] * freeze + ["--quick_ada"] * quick_ada
     words = [w for i, (name, argv) in enumerate(runs) for w in [*(["--then"] if i else []), name, *argv]]
-    return [str(WORKER), str(out), *freezing, *words]
+    return [str(WORKER), str(out), *options, *words]
 
 
-def command(out, runs, processes=2, freeze=False):
+def command(out, runs, processes=2, freeze=False, quick_ada=False):
     """The worker under torchrun, `processes` of it."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    return [*launch, *worker(out, runs, freeze)]
+    return [*launch, *worker(out, runs, freeze, quick_ada)]
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
@@ -138,7 +138,9 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
     process draws its own share of one draw), same weights after 3 steps. wgan_gp and sn_dcgan in one
     torchrun, then both in one plain process; the two processes also agree and rank 1 wrote nothing.
     G's BatchNorm statistics are frozen in both runs (see distributed_worker.py). sn_dcgan runs with
-    --augment_p ada: its checkpoint holds the signs of D on the real images of both processes."""
+    --augment_p ada, made to move fast (--quick_ada): p = 16 / 32 after step 2, from both processes'
+    images, step 3 draws each image's coin at p = 0.5, and the checkpoint holds the signs of D on
+    step 3's real images of both processes."""
     names, close = BATCH_B, torch.testing.assert_close
     steps = ["--max_steps", "3", "--epochs", "10", "--augment", "color,translation,cutout"]
     ada = {"sn_dcgan": ["--augment_p", "ada"]}
@@ -150,11 +152,15 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
         ]
 
     two = subprocess.run(
-        command(tmp_path / "two", runs(4), freeze=True), capture_output=True, text=True, env=ENV, timeout=300
+        command(tmp_path / "two", runs(4), freeze=True, quick_ada=True),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
     )
     assert two.returncode == 0, two.stdout + two.stderr
     one = subprocess.run(
-        [sys.executable, *worker(tmp_path / "one", runs(8), freeze=True)],  # one plain process
+        [sys.executable, *worker(tmp_path / "one", runs(8), freeze=True, quick_ada=True)],  # one process
         capture_output=True,
         text=True,
         env=ENV,
@@ -166,8 +172,8 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
         a = torch.load(tmp_path / "two" / "rank0" / name / "checkpoint.pt", weights_only=False)
         b = torch.load(tmp_path / "one" / "rank0" / name / "checkpoint.pt", weights_only=False)
         assert a["step"] == b["step"] == 3
-        if name in ada:  # p has not moved yet (it moves at step 4): the sums of 3 steps of 8 images
-            assert b["augment"][2] == 3 * 8
+        if name in ada:  # p moved at step 2; the sums since: step 3's 8 images
+            assert b["augment"][0] == 0.5 and b["augment"][2] == 8
             assert torch.equal(a["augment"], b["augment"]), (a["augment"], b["augment"])
         for net in ("G", "D"):
             for key, tensor in b[net].items():
