@@ -136,8 +136,6 @@ def add_common_flags(
     lr_source="the paper's",
     ema=True,
     logit=True,
-    augment="none",
-    augment_p=1.0,
 ):
     """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults.
     logit: D's output is a logit, positive for 'real' (not a WGAN critic's score), which ada reads."""
@@ -179,14 +177,13 @@ def add_common_flags(
         help="train on N images of the training split, chosen by --seed (as many of each class as can be, "
         "on labelled data), to study small data sets (default: all of them)",
     )
-    paper = " (the paper's D)" if augment == "none" else ""
     p(
         "--augment",
         type=augment_policy,
-        default=augment,
+        default="none",
         help="differentiable augmentation of every image D sees, real and generated, in both steps "
         f"(DiffAugment, Zhao et al. 2020): none, or a comma-separated list of {', '.join(AUGMENTATIONS)} "
-        f"(color skips saturation on grey images). Default {augment}{paper}",
+        "(color skips saturation on grey images). Default none: the paper's D",
     )
     ada = (
         ", or ada: from 0, raised while D's sign on real images says it is learning them by heart "
@@ -197,9 +194,9 @@ def add_common_flags(
     p(
         "--augment_p",
         type=augment_strength if logit else partial(augment_strength, logit=False),
-        default=augment_p,
+        default=1.0,
         help=f"with --augment: the probability that each image gets each transform; 1 = DiffAugment{ada} "
-        f"(default {augment_p})",
+        "(default 1)",
     )
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(
