@@ -25,6 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 PER_CLASS = 12  # images per class in the MNIST fixture: 120 in all
 
+# pytest-xdist runs the suite in one worker per core (pyproject.toml: -n auto). Each worker, and every
+# script it starts, then gets its share of the cores: torch's default of one thread per core in every
+# worker would put 2 threads on each core, and OpenMP threads that wait on each other run slower than
+# one. (Set before torch is imported; a value the caller set is kept.)
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(share))
+
 
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch):
