@@ -19,8 +19,8 @@ compares the distributed arithmetic (averaged gradients, shares of data and nois
 and not per-process batch statistics, which differ by design (--sync_bn, GPU only, shares them).
 
 --quick_ada makes --augment_p ada move within a few steps: p rises every 2 steps (whatever D's
-signs), by 1 per 32 real images of all processes, so that a 3-step run exercises the pooled move and
-per-image coins at 0 < p < 1.
+signs), by 1 per 64 real images of all processes, so that a 3-step run exercises the pooled move and
+per-image coins at 0 < p < 1, and a resume to step 4 the sums the checkpoint carried.
 """
 
 import importlib
@@ -67,7 +67,7 @@ def main():
         given.add(argv.pop(0))
     freeze = "--freeze_g_statistics" in given
     if "--quick_ada" in given:
-        common.ADA_TARGET, common.ADA_INTERVAL, common.ADA_IMAGES = -1.0, 2, 32
+        common.ADA_TARGET, common.ADA_INTERVAL, common.ADA_IMAGES = -1.0, 2, 64
     runs, run = [], []
     for word in argv:
         if word == "--then":

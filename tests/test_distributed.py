@@ -138,9 +138,11 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
     process draws its own share of one draw), same weights after 3 steps. wgan_gp and sn_dcgan in one
     torchrun, then both in one plain process; the two processes also agree and rank 1 wrote nothing.
     G's BatchNorm statistics are frozen in both runs (see distributed_worker.py). sn_dcgan runs with
-    --augment_p ada, made to move fast (--quick_ada): p = 16 / 32 after step 2, from both processes'
-    images, step 3 draws each image's coin at p = 0.5, and the checkpoint holds the signs of D on
-    step 3's real images of both processes."""
+    --augment_p ada, made to move fast (--quick_ada): p = 16 / 64 after step 2, from both processes'
+    images, step 3 draws each image's coin at p = 0.25, and the checkpoint holds the signs of D on
+    step 3's real images of both processes. Each run is then resumed to step 4 as it ran (torchrun or
+    one process): the move at step 4 counts step 3's 8 images once, not once per process, so
+    p = 32 / 64 in both."""
     names, close = BATCH_B, torch.testing.assert_close
     steps = ["--max_steps", "3", "--epochs", "10", "--augment", "color,translation,cutout"]
     ada = {"sn_dcgan": ["--augment_p", "ada"]}
@@ -173,7 +175,7 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
         b = torch.load(tmp_path / "one" / "rank0" / name / "checkpoint.pt", weights_only=False)
         assert a["step"] == b["step"] == 3
         if name in ada:  # p moved at step 2; the sums since: step 3's 8 images
-            assert b["augment"][0] == 0.5 and b["augment"][2] == 8
+            assert b["augment"][0] == 0.25 and b["augment"][2] == 8
             assert torch.equal(a["augment"], b["augment"]), (a["augment"], b["augment"])
         for net in ("G", "D"):
             for key, tensor in b[net].items():
@@ -185,6 +187,16 @@ def test_two_processes_with_batch_b_train_as_one_with_batch_2b(mnist_root, tmp_p
                 for moment in ("exp_avg", "exp_avg_sq"):
                     got, want = a[opt]["state"][i][moment], state[moment]
                     close(got, want, rtol=1e-3, atol=1e-9, msg=f"{name}: {opt} {moment}")
+    resumed = {}
+    for run, launch in (("two", command), ("one", lambda *a, **k: [sys.executable, *worker(*a, **k)])):
+        saved = tmp_path / run / "rank0" / "sn_dcgan" / "checkpoint.pt"
+        argv = ["--resume", str(saved), "--max_steps", "4", "--device", "cpu", "--out", "sn_dcgan"]
+        more = launch(tmp_path / f"{run}_resumed", [("sn_dcgan", argv)], freeze=True, quick_ada=True)
+        done = subprocess.run(more, capture_output=True, text=True, env=ENV, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        checkpoint = tmp_path / f"{run}_resumed" / "rank0" / "sn_dcgan" / "checkpoint.pt"
+        resumed[run] = torch.load(checkpoint, weights_only=False)["augment"]
+    assert resumed["one"].tolist() == resumed["two"].tolist() == [0.5, 0.0, 0.0], resumed
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds rank 1 through /proc (Linux)")
