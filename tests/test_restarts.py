@@ -114,13 +114,16 @@ def test_torchrun_restarts_a_killed_process_and_the_run_ends_as_if_never_killed(
         text=True,
         env=ENV,
     )
-    deadline = time.monotonic() + 120
-    while len(log_rows(out)) < 8 and proc.poll() is None and time.monotonic() < deadline:
+    # the kill comes after a save on the clock and a few steps: on a fast machine 8 steps take under
+    # the 0.1 s of --save_minutes, so a count of rows alone can kill before the first checkpoint
+    deadline, ckpt_path = time.monotonic() + 120, out / "checkpoint.pt"
+    while (len(log_rows(out)) < 8 or not ckpt_path.exists()) and proc.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint on the clock in 120 s"
         time.sleep(0.02)
     victim = rank1_of(out)
     assert proc.poll() is None and victim, "the job ended before it could be killed"
     os.kill(victim, signal.SIGKILL)
-    rows, ckpt = log_rows(out), torch.load(out / "checkpoint.pt", weights_only=False)  # before the restart
+    rows, ckpt = log_rows(out), torch.load(ckpt_path, weights_only=False)  # before the restart
     assert ckpt["step"] % 30 != 0  # 30 global batches of 4 an epoch: a save on the clock, not an epoch's
     seconds = {int(r["step"]): float(r["elapsed_s"]) for r in rows}
     step_time = max(b - a for a, b in zip(list(seconds.values()), list(seconds.values())[1:]))
