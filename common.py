@@ -136,9 +136,12 @@ def add_common_flags(
     lr_source="the paper's",
     ema=True,
     logit=True,
+    augment=("none", 1.0, "the paper's D"),
 ):
     """The flags every image script accepts (CONTRIBUTING.md lists them), with this model's defaults.
-    logit: D's output is a logit, positive for 'real' (not a WGAN critic's score), which ada reads."""
+    logit: D's output is a logit, positive for 'real' (not a WGAN critic's score), which ada reads.
+    augment: the default --augment, --augment_p and why (the paper's D, or the measurement that
+    justified another)."""
     parser.script = f"{script}.py"  # parse_args refuses another script's checkpoint before using its flags
     p = parser.add_argument
     p("--epochs", type=positive_int, default=epochs, help=f"passes over the training data (default {epochs})")
@@ -180,10 +183,10 @@ def add_common_flags(
     p(
         "--augment",
         type=augment_policy,
-        default="none",
+        default=augment[0],
         help="differentiable augmentation of every image D sees, real and generated, in both steps "
         f"(DiffAugment, Zhao et al. 2020): none, or a comma-separated list of {', '.join(AUGMENTATIONS)} "
-        "(color skips saturation on grey images). Default none: the paper's D",
+        f"(color skips saturation on grey images). Default {augment[0]}: {augment[2]}",
     )
     ada = (
         ", or ada: from 0, raised while D's sign on real images says it is learning them by heart "
@@ -194,9 +197,9 @@ def add_common_flags(
     p(
         "--augment_p",
         type=augment_strength if logit else partial(augment_strength, logit=False),
-        default=1.0,
+        default=augment[1],
         help=f"with --augment: the probability that each image gets each transform; 1 = DiffAugment{ada} "
-        "(default 1)",
+        f"(default {augment[1]:g})",
     )
     p("--out", default=f"runs/{script}", help=f"run folder (default runs/{script})")
     p(

@@ -64,7 +64,9 @@ def one_step_seen(name, data_root, out, monkeypatch, augment):
     monkeypatch.setattr(module.Generator, "forward", record_grad)
     # gan_mnist's dropout would zero gradients of its own (all 4 units of a tiny layer, now and then)
     dropout = ["--d_dropout", "0", "--d_input_dropout", "0"] if name == "gan_mnist" else []
-    flags = [*tiny_args(name, data_root), *dropout, "--augment", augment, "--max_steps", "1"]
+    # --augment_p 1: every image transformed, whatever the script's default strength
+    flags = [*tiny_args(name, data_root), *dropout, "--augment", augment, "--augment_p", "1"]
+    flags += ["--max_steps", "1"]
     module.main([*flags, "--out", out])
     return seen, grads
 
