@@ -247,3 +247,29 @@ def test_missing_data_is_one_message_without_traceback(tmp_path):
     r = run_script("gan_mnist.py", argv)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert str(tmp_path / "none") in r.stderr and "train-images-idx3-ubyte" in r.stderr
+
+
+@pytest.mark.parametrize("flags, shifted", [((), "a quarter"), (("--augment", "none"), "none")])
+def test_by_default_a_quarter_of_the_real_digits_d_sees_are_shifted(flags, shifted, mnist_root, tmp_path):
+    """The default (--augment translation --augment_p 0.25): a shifted digit has zeros in its border
+    (real pixels are k / 127.5 - 1, never 0). Of 2 x 120 real digits, each shifted with probability
+    1/4 (a draw of no shift, 1 in 81, leaves one as it was): some, well under half; with
+    --augment none, none."""
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inp: (
+            seen.append(inp[0].detach().clone()) if isinstance(m, gan_mnist.Discriminator) else None
+        )
+    )
+    try:
+        run(mnist_root, tmp_path / "r", "--batch", "120", "--max_steps", "2", "--no-quality", *flags)
+    finally:
+        hook.remove()
+    assert len(seen) == 6  # each step: D(real), D(fake) in D's step, D(fake) in G's step
+    real = torch.cat(seen[0::3])
+    assert torch.allclose(real[real != 0], torch.round((real[real != 0] + 1) * 127.5) / 127.5 - 1, atol=1e-5)
+    n = int((real == 0).flatten(1).any(1).sum())
+    if shifted == "none":
+        assert n == 0
+    else:
+        assert 30 <= n <= 90, n  # 1/4 of 240 is 60
