@@ -20,6 +20,7 @@ Nothing here trains anything: every model file keeps its own networks, losses an
 """
 
 import argparse
+import contextlib
 import csv
 import importlib.util
 import inspect
@@ -1304,12 +1305,57 @@ def ema_update(average, net, decay, step):
     (https://arxiv.org/abs/1806.04498): G's weights keep circling the equilibrium; their average
     sits nearer to it, so it samples better than G at any step. The warm-up of d lets the average
     leave G's random start in the first hundred steps. BatchNorm statistics are copied, not
-    averaged. decay 0 makes the average G itself."""
+    averaged (cheap, and right for the grids during training); every figure, the last grid and
+    --generate sample with statistics of the average's own (own_statistics). decay 0 makes the
+    average G itself."""
     d = min(decay, (1 + step) / (10 + step))
     for a, p in zip(average.parameters(), net.parameters()):
         a.lerp_(p, 1 - d)
     for a, b in zip(average.buffers(), net.buffers()):
         a.copy_(b)
+
+
+STATISTICS_SAMPLES = 4096  # own_statistics: a generator's BatchNorm statistics from this many samples
+
+
+@contextlib.contextmanager
+def own_statistics(nets, zdim, device, seed=0, samples=STATISTICS_SAMPLES, chunk=512):
+    """Sample from each generator in `nets` with BatchNorm statistics of its own, then put back.
+
+    ema_update averages G's weights over ~1/(1 - decay) steps but copies G's running statistics,
+    which describe G's activations over its last ~10 batches, not the average's: in eval mode the
+    average then normalizes with statistics that are not its own, and its samples change with
+    which batches came last. Here each BatchNorm's statistics are recomputed from `samples` of
+    the network's own outputs (batches of `chunk` in train mode, a cumulative average: the
+    "standing statistics" of BigGAN, Brock et al. 2019, arXiv:1809.11096), from noise of its own
+    generator (`seed`), so the run's random stream is untouched. On leaving, each network has
+    its buffers and mode back: checkpoints and exact resume never see it."""
+    norms = [m for net in nets for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        yield
+        return
+    kept = [(m, m.momentum, [b.clone() for b in m.buffers()]) for m in norms]
+    modes = [(net, net.training) for net in nets]
+    noise = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for net in nets:
+                for m in net.modules():
+                    if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                        m.reset_running_stats()
+                        m.momentum = None  # a cumulative average of every batch
+                net.train()
+                for start in range(0, samples, chunk):
+                    net(torch.randn(min(chunk, samples - start), zdim, generator=noise).to(device))
+                net.eval()
+        yield
+    finally:
+        for m, momentum, buffers in kept:
+            m.momentum = momentum
+            for b, saved in zip(m.buffers(), buffers):
+                b.copy_(saved)
+        for net, training in modes:
+            net.train(training)
 
 
 def checksum(t):
@@ -1667,16 +1713,19 @@ class Run:
         measure = last or (new_epoch and self.log.elapsed() >= self.quality_due)
         self._log_row(force=saving or checkpoint or last, **(self._fid() if measure else {}))
         if saving:
-            self._save_grids(f"epoch_{epoch:04d}" if new_epoch else f"step_{self.step:06d}")
+            self._save_grids(f"epoch_{epoch:04d}" if new_epoch else f"step_{self.step:06d}", own=last)
             self.last_epoch = epoch
         if checkpoint:
             self.save()
 
-    def _save_grids(self, name):
-        """grid() gives the images of OUT/samples/NAME.png, or {subfolder: images} for several grids."""
+    def _save_grids(self, name, own=False):
+        """grid() gives the images of OUT/samples/NAME.png, or {subfolder: images} for several grids.
+        own: the last grid, sampled with the averages' own BatchNorm statistics (own_statistics); the
+        grids before it keep the statistics copied from G, which cost nothing."""
         if not self.grid or not self.main:
             return
-        images = self.grid()
+        with self.own_statistics() if own else contextlib.nullcontext():
+            images = self.grid()
         for sub, x in images.items() if isinstance(images, dict) else [("", images)]:
             save_grid(x, self.out / sub / "samples" / f"{name}.png")
             self.grid_folders.add(self.out / sub)
@@ -1717,7 +1766,8 @@ class Run:
         if not self.quality:
             return {}
         start = time.perf_counter()
-        fid = self.quality()
+        with self.own_statistics():
+            fid = self.quality()
         cost = time.perf_counter() - start
         self.log.start += cost  # not training time: elapsed_s leaves it out
         # at most ~3% of the run: the next epoch's end is measured once 32 x this cost has passed
@@ -1733,7 +1783,7 @@ class Run:
             self.end()
             return self.exit_if_preempted(stopped)
         if self.grid_at != self.step:
-            self._save_grids(f"step_{self.step:06d}")
+            self._save_grids(f"step_{self.step:06d}", own=True)
         for folder in self.grid_folders:
             grids = sorted((folder / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
             save_gif(grids, folder / "progress.gif")
@@ -1746,11 +1796,20 @@ class Run:
         if self.sample and walk:
             noise = torch.Generator().manual_seed(self.args.seed + 1)
             ends = torch.randn(2, 8, self.args.zdim, generator=noise).to(self.device)
-            images = self.sample(interpolation_latents(ends[0], ends[1], 10))
+            with self.own_statistics():
+                images = self.sample(interpolation_latents(ends[0], ends[1], 10))
             save_grid(images, self.out / "interpolation.png", nrow=10)
         print(f"{'stopped' if stopped else 'done'} at step {self.step}; outputs in {self.out}")
         self.end()
         self.exit_if_preempted(stopped)
+
+    def own_statistics(self, nets=None):
+        """with run.own_statistics(): what is sampled inside comes from the averages (every tracked
+        G_ema, or `nets`) with BatchNorm statistics of their own; see own_statistics."""
+        if nets is None:
+            nets = [net for k, net in self.things.items() if k.startswith("G_ema")]
+        zdim = getattr(self.args, "zdim", None)
+        return own_statistics(nets, zdim, self.device, seed=self.args.seed + 3)
 
     def exit_if_preempted(self, stopped):
         """A run stopped by SIGTERM (a scheduler's preemption) before its last step exits with
@@ -1774,14 +1833,16 @@ class Run:
 
     # -- --generate ------------------------------------------------------------------------------
 
-    def generate(self, sample, zdim, folder=None, seed=None, chunk=500):
-        """--generate N: N images from the tracked G as PNGs, written `chunk` at a time."""
+    def generate(self, sample, zdim, folder=None, seed=None, chunk=500, nets=None):
+        """--generate N: N images from the tracked G as PNGs, written `chunk` at a time, with its own
+        BatchNorm statistics (own_statistics; nets: which generators, default every tracked G_ema)."""
         n, folder = self.args.generate, Path(folder or self.out / "generated")
         if not self.main:  # under torchrun, rank 0 writes them all
             return self.end()
         noise = torch.Generator().manual_seed(self.args.seed if seed is None else seed)
-        for start in range(0, n, chunk):
-            z = torch.randn(min(chunk, n - start), zdim, generator=noise)
-            save_pngs(sample(z.to(self.device)), folder, start)
+        with self.own_statistics(nets):
+            for start in range(0, n, chunk):
+                z = torch.randn(min(chunk, n - start), zdim, generator=noise)
+                save_pngs(sample(z.to(self.device)), folder, start)
         print(f"wrote {n} images to {folder}")
         self.end()

@@ -250,7 +250,8 @@ def train(args):
     if args.generate:  # each class's PNGs in its own folder, from its own seed
         for p in [Pair(run, c, run.channels) for c in args.classes]:
             run.track(**{f"G_ema_{p.c}": p.G})  # samples come from the pair's average
-            run.generate(partial(sample, p.G), args.zdim, run.out / p.name / "generated", args.seed + p.c)
+            folder = run.out / p.name / "generated"
+            run.generate(partial(sample, p.G), args.zdim, folder, args.seed + p.c, nets=[p.G])
         return None
     images, labels = common.training_images(args, args.classes)  # --train_images: drawn from every class
     pairs = [Pair(run, c, images.shape[1], images[labels == c]) for c in args.classes]
@@ -276,7 +277,8 @@ def train(args):
     for p in pairs if run.main else []:  # each pair's own loss plot and latent walk (rank 0 writes)
         loss_keys = [[f"loss_d_{p.c}", f"loss_g_{p.c}"]]
         common.plot_losses(run.out, loss_keys, run.out / p.name / "losses.png", f"{SCRIPT}: {p.name}")
-        walk = sample(p.G_ema, common.interpolation_latents(ends[0], ends[1], 10))
+        with run.own_statistics([p.G_ema]):  # the average's own BatchNorm statistics, as in every figure
+            walk = sample(p.G_ema, common.interpolation_latents(ends[0], ends[1], 10))
         common.save_grid(walk, run.out / p.name / "interpolation.png", nrow=10)
     return {p.c: (p.G, p.D) for p in pairs}
 

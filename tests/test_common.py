@@ -329,6 +329,35 @@ def test_ema_update_is_a_warmed_up_moving_average_and_copies_batchnorm_statistic
     torch.testing.assert_close(average[0].weight, net[0].weight, rtol=0, atol=0)
 
 
+def test_own_statistics_are_the_networks_own_batchnorm_statistics_and_are_put_back():
+    """Inside: each BatchNorm's running mean and variance are those of the network's own outputs
+    for z ~ N(0, I) (a Linear layer's: its bias and the squared norms of its rows), the network is
+    in eval mode. Outside: the buffers (here, statistics of some other network), the momentum, the
+    mode and the global random stream are as they were."""
+    G = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    with torch.no_grad():
+        G[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 1]]))
+        G[0].bias.copy_(torch.tensor([5.0, -1, 0, 2]))
+        G[1].running_mean.fill_(100.0)
+        G[1].running_var.fill_(1e-3)
+        G[1].num_batches_tracked.fill_(1000)
+    kept = {k: v.clone() for k, v in G.state_dict().items()}
+    random_state = torch.random.get_rng_state()
+    with common.own_statistics([G], zdim=3, device=torch.device("cpu"), seed=0):
+        assert not G.training
+        # 4,096 samples: standard errors of about 3 / 64 (mean) and 2% (variance); 4 of them allowed
+        torch.testing.assert_close(G[1].running_mean, torch.tensor([5.0, -1, 0, 2]), rtol=0, atol=0.2)
+        torch.testing.assert_close(G[1].running_var, torch.tensor([1.0, 4, 9, 3]), rtol=0.1, atol=0)
+        out = G(torch.randn(2048, 3, generator=torch.Generator().manual_seed(1)))
+        torch.testing.assert_close(out.mean(0), torch.zeros(4), rtol=0, atol=0.1)
+    assert G.training and G[1].momentum == 0.1
+    assert all(torch.equal(v, kept[k]) for k, v in G.state_dict().items())
+    assert torch.equal(torch.random.get_rng_state(), random_state)
+    plain = torch.nn.Linear(3, 2)  # nothing to recompute: a no-op
+    with common.own_statistics([plain], zdim=3, device=torch.device("cpu")):
+        assert plain.training
+
+
 def test_an_average_missing_from_an_older_checkpoint_starts_from_the_network(tmp_path):
     net = torch.nn.Linear(3, 2)
     run = common.Run(run_args(tmp_path), "x.py", ())

@@ -285,7 +285,65 @@ def test_samples_come_from_the_average_of_g_and_both_are_saved(mnist_root, tmp_p
     assert not all(torch.equal(v, ckpt["G"][k]) for k, v in ckpt["G_ema"].items())
     dcgan.main(["--resume", str(out / "checkpoint.pt"), "--generate", "4", "--device", "cpu"])
     z = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
-    common.save_pngs(dcgan.sample(average, z), tmp_path / "expected")
+    with common.own_statistics([average], 16, torch.device("cpu"), seed=3):  # --seed 0, + 3
+        common.save_pngs(dcgan.sample(average, z), tmp_path / "expected")
+    common.save_pngs(dcgan.sample(average, z), tmp_path / "copied")  # the statistics copied from G
     for i in range(4):
         name = f"{i:06d}.png"
         assert (out / "generated" / name).read_bytes() == (tmp_path / "expected" / name).read_bytes()
+    assert any(
+        (out / "generated" / f"{i:06d}.png").read_bytes()
+        != (tmp_path / "copied" / f"{i:06d}.png").read_bytes()
+        for i in range(4)
+    )
+
+
+@pytest.mark.parametrize("stop", [["--max_steps", "3"], ["--epochs", "1"]])  # mid-epoch, an epoch's end
+def test_the_last_grid_samples_the_average_with_its_own_statistics(mnist_root, tmp_path, stop):
+    out = tmp_path / "r"
+    dcgan.main(["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(out), *stop])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    average = dcgan.Generator(16, 8, 16, 1).to(
+        memory_format=common.conv_memory_format(torch.device("cpu"), True, None)
+    )
+    average.load_state_dict(ckpt["G_ema"])  # in the run's memory format: the same arithmetic
+    with common.own_statistics([average], 16, torch.device("cpu"), seed=3):
+        common.save_grid(dcgan.sample(average, ckpt["fixed_z"]), tmp_path / "expected.png")
+    last = max((out / "samples").glob("*.png"), key=lambda p: p.stat().st_mtime)
+    assert last.read_bytes() == (tmp_path / "expected.png").read_bytes(), last.name
+
+
+def test_generate_recomputes_the_averages_batchnorm_statistics_whatever_the_checkpoint_holds(
+    mnist_root, tmp_path
+):
+    """--generate samples G_ema with statistics of its own: a checkpoint whose G_ema holds other
+    BatchNorm statistics (here absurd ones) gives the same images."""
+    out = tmp_path / "r"
+    dcgan.main(
+        ["--data_root", mnist_root, *SMALL, "--image_size", "16", "--out", str(out), "--max_steps", "3"]
+    )
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key, value in ckpt["G_ema"].items():
+        if key.endswith("running_mean"):
+            value.fill_(50.0)
+        elif key.endswith("running_var"):
+            value.fill_(1e-4)
+    torch.save(ckpt, tmp_path / "other_statistics.pt")
+    for checkpoint, folder in ((out / "checkpoint.pt", "a"), (tmp_path / "other_statistics.pt", "b")):
+        dcgan.main(
+            [
+                "--resume",
+                str(checkpoint),
+                "--generate",
+                "4",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / folder),
+            ]
+        )
+    for i in range(4):
+        name = f"{i:06d}.png"
+        assert (tmp_path / "a" / "generated" / name).read_bytes() == (
+            tmp_path / "b" / "generated" / name
+        ).read_bytes()
