@@ -107,3 +107,31 @@ def test_a_quality_record_names_the_part_of_the_data_a_run_trained_on(mnist_root
     assert quality.data_label(mnist_root) == f"MNIST, {whole:,} training digits"
     for flags in ("--train_images 40 --augment cutout", "--augment cutout --train_images=40"):
         assert quality.data_label(mnist_root, flags) == f"MNIST, 40 of {whole:,} training digits"
+
+
+def test_the_sampling_benchmark_records_five_ways_to_sample_one_checkpoint(mnist_root, tmp_path, monkeypatch):
+    """benchmarks/sampling.py --record: one record per checkpoint, its five figures measured (the
+    average on the statistics the checkpoint holds and on its own differ), with the run's steps."""
+    import json
+    import math
+
+    import dcgan
+
+    out = tmp_path / "r"
+    tiny = ["--hidden_dim", "8", "--batch", "16", "--zdim", "16", "--device", "cpu", "--image_size", "16"]
+    dcgan.main(["--data_root", mnist_root, *tiny, "--max_steps", "3", "--out", str(out), "--no-quality"])
+    spec = importlib.util.spec_from_file_location("sampling_bench", ROOT / "benchmarks" / "sampling.py")
+    sampling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sampling)
+    monkeypatch.setenv("GAN_RESULTS_DIR", str(tmp_path / "results"))
+    sampling.main(
+        [str(out / "checkpoint.pt"), "--data_root", mnist_root, "--record", "--flags", "--max_steps 3"]
+    )
+    (record,) = [
+        json.loads(line) for line in (tmp_path / "results" / "sampling.jsonl").read_text().splitlines()
+    ]
+    assert (record["script"], record["flags"], record["steps"]) == ("dcgan", "--max_steps 3", 3)
+    fids = record["metrics"]
+    assert list(fids) == ["G_ema_eval_bn", "G_ema_own_bn", "G_ema_batch_bn", "G_eval_bn", "G_batch_bn"]
+    assert all(math.isfinite(f) and f > 0 for f in fids.values())
+    assert fids["G_ema_own_bn"] != fids["G_ema_eval_bn"]
