@@ -5,7 +5,7 @@ by benchmarks/report.py, never typed by hand. A record says what ran (script, fl
 (the machine) and when (the date), so a figure can always be traced to its run.
 
 Fields (all but kind, date and machine may be missing from an old record):
-    kind        "quality", "public", "throughput", "gaussian", "gpu_check"
+    kind        "quality", "public", "throughput", "gaussian", "gpu_check", "sampling", ...
     script      our script name, or the public script's label ("PyTorch-GAN wgan_gp.py")
     flags       the flags as one string, as passed on the command line ("" for the defaults)
     command     the whole command line that made the record
