@@ -37,6 +37,8 @@ under --amp with cudnn.benchmark, unless --deterministic.
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
 itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+Its BatchNorm statistics are recomputed from its own samples before each of these but the
+grids during training (common.own_statistics).
 
 Examples:
     python dcgan.py --data_root ./data --epochs 5                     # MNIST, 32 x 32

@@ -25,7 +25,9 @@ each makes twice the steps in the same time (the runs that decided it: docs/dcga
 Speed, same maths: --amp (bfloat16 autocast), --compile; channels_last on the CPU, and on
 CUDA under --amp with cudnn.benchmark. Samples (grids, --generate, latent walks, the quality figure)
 come from a moving average of each pair's G (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498): not
-the paper's, and no training step changes (--ema 0: each G itself).
+the paper's, and no training step changes (--ema 0: each G itself). Each average's BatchNorm
+statistics are recomputed from its own samples before each of these but the grids during
+training (common.own_statistics).
 
 Run folder:
     OUT/checkpoint.pt           what --resume takes: flags, step, and for each class i G_i, G_ema_i,

@@ -42,6 +42,8 @@ Defaults, and where they come from:
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
 itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+Its BatchNorm statistics are recomputed from its own samples before each of these but the
+grids during training (common.own_statistics).
 
 The three set-ups this collection grew from, with flags alone:
     python gan_mnist.py --zdim 64 --lr 0.00001 --batch 128 --hidden_dim 128 --epochs 200 \\

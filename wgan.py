@@ -40,6 +40,8 @@ Defaults, and where they come from (Algorithm 1 and section 4):
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
 itself: a departure from the paper that changes no training step (--ema 0 samples from G).
+Its BatchNorm statistics are recomputed from its own samples before each of these but the
+grids during training (common.own_statistics).
 
 Examples:
     python wgan.py --data_root ./data                         # MNIST at 32 x 32
