@@ -1438,6 +1438,7 @@ class Run:
         self.memory_format = setup_backends(self.device, args, conv) if speed else torch.contiguous_format
         self.amp = amp_dtype(self.device, getattr(args, "amp", False))  # None: where bfloat16 is native
         self.things = {}
+        self.own_averages = True  # own_statistics for the averages; a script may keep G's copied ones
         self.step = self.ckpt["step"] if self.ckpt else 0
         self.batches_done = self.ckpt.get("batches_done", 0) if self.ckpt else 0
         self.data, self.log, self._stop, self._stop_step = None, None, None, None
@@ -1806,6 +1807,8 @@ class Run:
     def own_statistics(self, nets=None):
         """with run.own_statistics(): what is sampled inside comes from the averages (every tracked
         G_ema, or `nets`) with BatchNorm statistics of their own; see own_statistics."""
+        if not self.own_averages:  # the script samples its average on the statistics copied from G
+            return contextlib.nullcontext()
         if nets is None:
             nets = [net for k, net in self.things.items() if k.startswith("G_ema")]
         zdim = getattr(self.args, "zdim", None)

@@ -35,8 +35,8 @@ Defaults, and where they come from:
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G
 itself: a departure from the paper that changes no training step (--ema 0 samples from G).
-Its BatchNorm statistics are recomputed from its own samples before each of these but the
-grids during training (common.own_statistics).
+Its BatchNorm statistics are G's, copied: recomputed from its own samples (common.own_statistics,
+as the other image scripts do) they scored worse here (docs/evaluate.md, sampling records).
 
 Examples:
     python wgan_gp.py --data_root ./data                      # MNIST at 32 x 32
@@ -227,6 +227,7 @@ def sample(G, z):
 
 def train(args):
     run = common.Run(args, SCRIPT, SHAPE_FLAGS)
+    run.own_averages = False  # G_ema samples on G's copied BatchNorm statistics: its own scored worse here
     if args.generate:
         G = build(args, run.channels, run.device)[0]
         run.track(G_ema=G)  # samples come from G's average

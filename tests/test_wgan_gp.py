@@ -218,3 +218,30 @@ def test_help_says_what_an_epoch_and_a_generator_step_are(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "one pass of the real data through the critic" in text
     assert "counted across epoch boundaries" in text and "--c_lambda" in text
+
+
+def test_generate_samples_the_average_on_the_statistics_copied_from_g(mnist_root, tmp_path):
+    """Unlike the other image scripts, the WGANs keep G's BatchNorm statistics for their average
+    (own ones scored worse): a checkpoint whose G_ema holds other statistics gives other images."""
+    out = tmp_path / "r"
+    wgan_gp.main(["--data_root", mnist_root, *TINY, "--out", str(out), "--max_steps", "2", "--no-quality"])
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key, value in ckpt["G_ema"].items():
+        if key.endswith("running_mean"):
+            value.fill_(50.0)
+    torch.save(ckpt, tmp_path / "other_statistics.pt")
+    for checkpoint, folder in ((out / "checkpoint.pt", "a"), (tmp_path / "other_statistics.pt", "b")):
+        wgan_gp.main(
+            [
+                "--resume",
+                str(checkpoint),
+                "--generate",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / folder),
+            ]
+        )
+    a, b = ((tmp_path / f / "generated" / "000000.png").read_bytes() for f in "ab")
+    assert a != b
