@@ -212,3 +212,24 @@ def count_steps(main, argv, monkeypatch):
         hook.remove()
     g_params = {id(p) for p in G.parameters()}
     return ["G" if id(o.param_groups[0]["params"][0]) in g_params else "D" for o in steps], drawn
+
+
+def generate_with_other_statistics(main, checkpoint, tmp_path, n):
+    """--generate n from `checkpoint`, and from a copy whose G_ema holds other (absurd) BatchNorm
+    statistics: the two lists of PNG files' bytes."""
+    import torch
+
+    ckpt = torch.load(checkpoint, weights_only=False)
+    for key, value in ckpt["G_ema"].items():
+        if key.endswith("running_mean"):
+            value.fill_(50.0)
+        elif key.endswith("running_var"):
+            value.fill_(1e-4)
+    torch.save(ckpt, tmp_path / "other_statistics.pt")
+    pngs = []
+    for path, folder in ((checkpoint, "a"), (tmp_path / "other_statistics.pt", "b")):
+        main(
+            ["--resume", str(path), "--generate", str(n), "--device", "cpu", "--out", str(tmp_path / folder)]
+        )
+        pngs.append([(tmp_path / folder / "generated" / f"{i:06d}.png").read_bytes() for i in range(n)])
+    return pngs

@@ -4,7 +4,7 @@ Algorithm 1's optimizer and schedule, and the contract (smoke, resume, --generat
 import pytest
 import torch
 import torch.nn as nn
-from conftest import count_steps
+from conftest import count_steps, generate_with_other_statistics
 from helpers_cli import error_line
 from PIL import Image
 
@@ -225,23 +225,5 @@ def test_generate_samples_the_average_on_the_statistics_copied_from_g(mnist_root
     (own ones scored worse): a checkpoint whose G_ema holds other statistics gives other images."""
     out = tmp_path / "r"
     wgan_gp.main(["--data_root", mnist_root, *TINY, "--out", str(out), "--max_steps", "2", "--no-quality"])
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    for key, value in ckpt["G_ema"].items():
-        if key.endswith("running_mean"):
-            value.fill_(50.0)
-    torch.save(ckpt, tmp_path / "other_statistics.pt")
-    for checkpoint, folder in ((out / "checkpoint.pt", "a"), (tmp_path / "other_statistics.pt", "b")):
-        wgan_gp.main(
-            [
-                "--resume",
-                str(checkpoint),
-                "--generate",
-                "2",
-                "--device",
-                "cpu",
-                "--out",
-                str(tmp_path / folder),
-            ]
-        )
-    a, b = ((tmp_path / f / "generated" / "000000.png").read_bytes() for f in "ab")
+    a, b = generate_with_other_statistics(wgan_gp.main, out / "checkpoint.pt", tmp_path, 2)
     assert a != b
