@@ -135,7 +135,6 @@ def add_common_flags(
     epochs=25,
     datasets=IMAGE_DATASETS,
     lr_source="the paper's",
-    ema=True,
     logit=True,
     augment=("none", 1.0, "the paper's D"),
 ):
@@ -227,13 +226,13 @@ def add_common_flags(
         "--generate",
         type=positive_int,
         default=None,
-        help="with --resume: write N samples to OUT/generated/ and exit",
+        help="with --resume: write N samples as PNGs to OUT/generated/ and exit (default: off)",
     )
     p(
         "--sample_every",
         type=positive_int,
         default=None,
-        help="sample grid every N steps (default: each epoch)",
+        help="also a sample grid every N steps, besides each epoch's end (default: epoch ends only)",
     )
     p(
         "--log_every",
@@ -241,19 +240,18 @@ def add_common_flags(
         default=50,
         help="log.csv row and progress every N steps (default 50)",
     )
-    if ema:  # dcgan_classwise samples from each pair's G itself
-        p(
-            "--ema",
-            type=unit_interval,
-            default=0.999,
-            help="decay of the moving average of G's weights that samples, grids and --generate use "
-            "(Yazici et al. 2019; the trained G is kept and saved too); 0: G itself (default 0.999)",
-        )
+    p(
+        "--ema",
+        type=unit_interval,
+        default=0.999,
+        help="decay of the moving average of G's weights that samples, grids and --generate use "
+        "(Yazici et al. 2019; the trained G is kept and saved too); 0: G itself (default 0.999)",
+    )
     p(
         "--quality",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="on labelled data, the classifier FID of 1,000 fixed samples after each epoch, in log.csv "
+        help="on labelled data, the classifier FID of 1,000 fixed samples at epoch ends, in log.csv "
         "and quality.png; needs evaluate.py beside the script and torch-fidelity (default on)",
     )
     if {"celeba", "folder"} & set(datasets):
@@ -261,7 +259,7 @@ def add_common_flags(
             "--workers",
             type=nonnegative_int,
             default=None,
-            help="DataLoader workers for celeba/folder (default: cores)",
+            help="DataLoader workers for celeba/folder (default: cores per process, at most 8)",
         )
 
 

@@ -74,7 +74,8 @@ def build_parser():
         "batch size of each pair, per process (default 64; DCGAN's 128 is over every class); under "
         "torchrun N processes train each pair on N x batch images per step, at the same --lr"
     )
-    actions["--generate"].help = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/"
+    per_class = "with --resume: write N samples per class to OUT/class_<i>_<name>/generated/ (default: off)"
+    actions["--generate"].help = per_class
     p = parser.add_argument
     p("--image_size", type=common.positive_int, default=32, help="images are resized to N x N (default 32)")
     p("--classes", type=class_list, default=[*range(10)], help="classes to train, e.g. 0,3 (default all)")

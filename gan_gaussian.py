@@ -75,7 +75,7 @@ def build_parser():
     p("--dims", type=common.positive_int, default=1, help="dimensions of the target Normal (default 1)")
     p("--mean", type=float, default=3.0, help="target mean, every dimension (default 3)")
     p("--std", type=common.positive_float, default=1.0, help="target standard deviation (default 1)")
-    p("--noise", choices=("uniform", "normal"), default="uniform", help="z: uniform on [-1, 1] or N(0, 1)")
+    p("--noise", choices=("uniform", "normal"), default="uniform", help="U[-1,1] or N(0,1) (default uniform)")
     p(
         "--train_size",
         type=common.positive_int,
@@ -84,18 +84,19 @@ def build_parser():
     )
     p("--out", default="runs/gan_gaussian", help="run folder (default runs/gan_gaussian)")
     p("--seed", type=int, default=0, help="seeds torch, numpy and python (default 0)")
-    p("--max_steps", type=common.positive_int, default=None, help="stop after N generator updates")
+    p("--max_steps", type=common.positive_int, default=None, help="stop after N updates (default: none)")
     p(
         "--resume",
         default=None,
-        help=f"checkpoint to continue from (its flags, but this run's --device). {common.RESUME_AUTO_HELP}",
+        help="checkpoint to continue from (its flags, but this run's --device; default none). "
+        f"{common.RESUME_AUTO_HELP}",
     )
     common.add_save_minutes(parser)
     p(
         "--generate",
         type=common.positive_int,
         default=None,
-        help="with --resume: N samples to OUT/generated.csv",
+        help="with --resume: N samples to OUT/generated.csv (default: off)",
     )
     p("--log_every", type=common.positive_int, default=50, help="log row every N steps (default 50)")
     return parser

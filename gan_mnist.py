@@ -113,7 +113,7 @@ def build_parser():
     p("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (default 0.5, Radford et al.)")
     p("--g_widths", type=width_list, default=None, help="G's hidden widths, e.g. 128,512 (default H,2H,4H)")
     p("--d_widths", type=width_list, default=None, help="D's hidden widths, e.g. 256 (default 4H,2H,H)")
-    p("--d_dropout", type=common.unit_interval, default=0.5, help="dropout after D's hidden layers (0.5)")
+    p("--d_dropout", type=common.unit_interval, default=0.5, help="D's hidden-layer dropout (default 0.5)")
     p(
         "--d_input_dropout",
         type=common.unit_interval,

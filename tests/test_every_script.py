@@ -1,6 +1,7 @@
 """What holds for every script alike: it runs when copied alone with common.py into an empty folder,
 and the convolutional ones train the same in channels_last memory format as in the usual layout."""
 
+import argparse
 import importlib
 import os
 import shutil
@@ -83,6 +84,21 @@ def test_runs_when_copied_alone_with_common(name, copied_alone):
     if name != "gan_gaussian":  # no evaluate.py beside it: it trains and says the figure is skipped
         assert "no evaluate.py beside common.py: training without the quality figure" in output
     assert sorted(os.listdir(alone)) == sorted(["common.py", f"{name}.py", "run"])  # nothing else needed
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_flag_says_its_default_in_help(name):
+    """`--help` is where the pages send a user for every default: each flag's help names it, and a
+    number or word default is written as it is (a changed default with a stale help fails here)."""
+    parser = importlib.import_module(name).build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        flag, text, value = action.option_strings[-1], action.help or "", action.default
+        assert "default" in text.lower(), f"{name} {flag}: {text!r} names no default"
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            forms = {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
+            assert any(f in text for f in forms), f"{name} {flag}: default {value!r} not in {text!r}"
 
 
 def one_step(name, data_root, out, monkeypatch, memory_format, precision):
