@@ -4,7 +4,8 @@ Paper: Alec Radford, Luke Metz, Soumith Chintala. "Unsupervised Representation L
 Convolutional Generative Adversarial Networks", ICLR 2016. https://arxiv.org/abs/1511.06434
 
 The architecture guidelines of section 3, as the networks below build them:
-- G projects z (100 numbers from N(0, I)) to a 4 x 4 map with a transposed convolution, then
+- G projects z (100 numbers from N(0, I), as the authors' Torch code draws them; the paper's
+  figure 1 draws z uniform: a departure, not measured) to a 4 x 4 map with a transposed convolution, then
   transposed convolutions of kernel 4, stride 2, padding 1 halve the channels and double the size
   up to --image_size; BatchNorm and ReLU after every layer but the output, which is tanh.
 - D mirrors it: strided convolutions (no pooling), LeakyReLU 0.2, BatchNorm after every layer but
@@ -21,18 +22,20 @@ The game is the original GAN's, on logits (BCE with logits), with the non-satura
 
 Defaults, and where they come from: Adam lr 2e-4, beta1 0.5 (beta2 0.999), batch 128, z of size
 100 (all section 4); images scaled to [-1, 1]; 32 x 32 for MNIST, Fashion-MNIST and CIFAR-10 and
-64 x 64 for CelebA (aligned faces, resized and center-cropped) and image folders.
+64 x 64 for CelebA (aligned faces, resized and center-cropped) and image folders. The paper's nets
+are 64 x 64 with h = 128: 32 x 32 and h = 64 are a departure for the cost of a step, not measured
+(--image_size 64 --hidden_dim 128 builds the paper's network).
 
 --arch linear is the variant an earlier implementation called linDCGAN: D is four convolutions
 (at 32 px: a 3 x 3 one at full size, then three strided ones down to 4 x 4) and a linear layer
 to the logit; G projects z with a linear layer to 4 x 4, then transposed convolutions up to full
 size and a final 3 x 3 convolution to the image. Not the paper's network; kept for comparison.
 
-Speed, none of which changes the maths, set up once in train() so that the step functions stay plain
-float32 code: --amp runs the forward passes of G and D in bfloat16 autocast and hands their outputs
-back in float32, so the losses are float32; --compile runs the steps through torch.compile'd copies
-of G and D (checkpoints hold the plain modules); channels_last on the CPU, and on CUDA
-under --amp with cudnn.benchmark, unless --deterministic.
+Speed, set up once in train() so that the step functions stay plain float32 code: --amp (a
+departure measured on docs/dcgan.md) runs the forward passes of G and D in bfloat16 autocast and
+hands their outputs back in float32, so the losses are float32; --compile runs the steps through
+torch.compile'd copies of G and D (checkpoints hold the plain modules); channels_last on the CPU,
+and on CUDA under --amp with cudnn.benchmark, unless --deterministic.
 
 Samples (the grids, --generate, the latent walk, the quality figure) come from an exponential
 moving average of G's weights (--ema 0.999, Yazici et al. 2019, arXiv:1806.04498), not from G

@@ -13,7 +13,8 @@ Normal's inverse CDF composed with the uniform's CDF. The game, as in the paper:
 loss_D = -log D(x) - log(1 - D(G(z)))   on logits (BCE with logits, numerically stable)
 loss_G = -log D(G(z))                   the non-saturating loss the paper recommends
 
-Networks (widths scale with --hidden_dim H, default 16):
+Networks (widths scale with --hidden_dim H, default 16; the paper gives none for figure 1: these
+small ReLU nets, a departure, come from the implementation this collection grew from):
     D: dims -> H -> H -> H/2 -> 1 logit, ReLU and dropout 0.5 after each hidden layer (16-16-8)
     G: zdim -> H -> 2H -> H -> dims, ReLU, linear output                              (16-32-16)
 5,000 steps; a step is --critic_repeats D updates (1, as in the paper's experiments) then one G

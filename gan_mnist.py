@@ -21,7 +21,7 @@ Defaults, and where they come from:
   D with dropout; its code, mnist.yaml, keeps each hidden unit with probability 0.5 and each input
   pixel with probability 0.8), tanh output on images
   scaled to [-1, 1]. BatchNorm after G's hidden layers (Radford et al. 2015; the paper predates
-  BatchNorm, --no-g_batchnorm gives its plain MLP): on 4,000 real digits, 30 epochs without it
+  BatchNorm, --no-g_batchnorm gives its plain MLP): on 4,000 real digits, 50 epochs without it
   gave mostly 1s, 7s and 9s in speckle, with it all ten digits (docs/gan_mnist.md). The paper's own nets
   (maxout D, 1200-unit G, SGD with momentum) are not reproduced; these widths train in minutes.
 - Adam, lr 2e-4, betas (0.5, 0.999), batch 64: Radford et al. 2015 showed these stabilise GAN
@@ -31,10 +31,11 @@ Defaults, and where they come from:
   by up to 4 pixels with probability 1/4 (--augment translation --augment_p 0.25; DiffAugment,
   Zhao et al. 2020, arXiv:2006.10738; --augment none is the paper's D). Without it this D learns
   the training digits by heart: on 4,000 digits held-out FID got worse from 15 to 30 CPU minutes
-  in each of three runs; with it, it kept improving (two seeds), and on 400 digits it was ahead at
-  8 minutes and far ahead at 30. At 8 minutes on the 4,000 it is level with none.
-- Speed, none of which changes the maths: --amp runs the forward passes of G and D in bfloat16
-  autocast and hands back float32, so the losses are float32; --compile runs the steps through
+  in three runs (two seeds, and ADA, whose p stayed near 0); with it, it kept improving (two
+  seeds), and on 400 digits it was ahead at 8 minutes and far ahead at 30. At 8 minutes on the
+  4,000 it is level with none.
+- Speed: --amp (a departure measured on the model's page) runs the forward passes of G and D
+  in bfloat16 autocast and hands back float32, so the losses are float32; --compile runs the steps through
   torch.compile'd copies of G and D (checkpoints hold the plain modules); both are set up once
   in train() (common.Run.fast), so the step functions below are plain float32 maths;
   --deterministic asks CUDA for repeatable kernels (an MLP: no cudnn.benchmark, no channels_last).

@@ -27,7 +27,7 @@ Defaults, and where they come from:
 - DCGAN-shaped networks: G with BatchNorm + ReLU and tanh; D with strided 4x4 convs and
   LeakyReLU 0.2 (the paper's D uses 0.1 and extra 3x3 convs), --hidden_dim 64 filters at the
   image end, doubling toward 4 x 4; images 32 x 32.
-- Speed, none of which changes the maths: --amp runs G's and D's forward passes in bfloat16
+- Speed: --amp (a departure measured on the model's page) runs G's and D's forward passes in bfloat16
   autocast and hands float32 outputs to the losses; inside D the power iteration and sigma turn
   autocast off and stay float32; --compile runs the steps through torch.compile'd copies of G and
   D (checkpoints hold the plain modules); channels_last on the CPU, and on CUDA under --amp

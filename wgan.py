@@ -30,7 +30,7 @@ Defaults, and where they come from (Algorithm 1 and section 4):
   per generator step during the first 25 generator steps and at every 500th, so that the critic
   is near its optimum when the estimate matters; that is not in the paper's Algorithm 1 and is
   off by default here: --warmup_critic turns it on.
-- Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
+- Speed: --amp (a departure measured on the model's page) runs the networks' forward passes in bfloat16
   autocast and hands back float32 scores, so the losses are float32 (and the clipping acts on the
   float32 weights); --compile runs the steps through torch.compile'd G and critic that share the
   networks' parameters (checkpoints hold the plain modules); channels_last on the CPU, and on

@@ -26,7 +26,7 @@ Defaults, and where they come from:
   each sample over (C, H, W) with a per-channel scale and offset; --critic_norm none drops it.
 - DCGAN-shaped networks (G: BatchNorm + ReLU, tanh; critic: strided convs, LeakyReLU 0.2),
   --hidden_dim 64 filters at the image end, doubling toward 4 x 4; images 32 x 32.
-- Speed, none of which changes the maths: --amp runs the networks' forward passes in bfloat16
+- Speed: --amp (a departure measured on the model's page) runs the networks' forward passes in bfloat16
   autocast and everything else in float32: the losses, and the penalty's gradient (taken with
   respect to the float32 x_hat) and its norm; --compile compiles G only, the critic stays eager
   (torch.compile does not support the double backward of the penalty); channels_last on the CPU,
