@@ -152,7 +152,9 @@ def test_the_augment_flag_takes_the_three_policies_in_any_order_and_refuses_othe
 
 def final_weights(out):
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
-    return {k: v for name in ("G", "D", "G_ema") for k, v in ckpt[name].items()}
+    weights = {f"{name}.{k}": v for name in ("G", "D", "G_ema") for k, v in ckpt[name].items()}
+    assert len(weights) == sum(len(ckpt[name]) for name in ("G", "D", "G_ema"))
+    return weights
 
 
 def test_a_small_augmented_run_resumes_exactly(mnist_root, tmp_path):

@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+import pytest
 from conftest import PER_CLASS, ROOT
 
 import common
@@ -61,12 +62,10 @@ def test_patches_restored_when_the_run_fails(mnist_root):
 
     throughput = load_benchmark()
     add, make_batches, tensor_batches = common.RunLog.add, common.make_batches, common.TensorBatches
-    try:
+    with pytest.raises(RuntimeError, match="the script crashed"):
         with throughput.instrumented(gan_mnist, torch.device("cpu"), 1, 1, True, mnist_root, 0, False):
             assert common.RunLog.add is not add and common.make_batches is not make_batches
             raise RuntimeError("the script crashed")
-    except RuntimeError:
-        pass
     assert common.RunLog.add is add and common.make_batches is make_batches
     assert common.TensorBatches is tensor_batches and gan_mnist.sample.__name__ == "sample"
 

@@ -102,7 +102,8 @@ def test_linear_arch_shapes(size):
     d_convs = layers(D, nn.Conv2d)
     assert len(d_convs) == size.bit_length() - 2  # 4 at 32 px, as linDCGAN
     assert isinstance(D.net[-1], nn.Linear) and D.net[-1].in_features == widths_at_4(8, size) * 16
-    assert not isinstance(D.net[2], nn.BatchNorm2d)
+    # BatchNorm after every convolution but the first (section 3), as in the conv D
+    assert isinstance(D.net[1], nn.LeakyReLU) and len(layers(D, nn.BatchNorm2d)) == len(d_convs) - 1
     x = G(torch.randn(3, 16))
     assert x.shape == (3, 1, size, size) and D(x).shape == (3,)
 

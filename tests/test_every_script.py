@@ -4,6 +4,7 @@ and the convolutional ones train the same in channels_last memory format as in t
 import argparse
 import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,7 +99,8 @@ def test_every_flag_says_its_default_in_help(name):
         assert "default" in text.lower(), f"{name} {flag}: {text!r} names no default"
         if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             forms = {str(value), f"{value:g}"} if isinstance(value, float) else {str(value)}
-            assert any(f in text for f in forms), f"{name} {flag}: default {value!r} not in {text!r}"
+            alone = [rf"(?<![\w.]){re.escape(f)}(?![\w.])" for f in forms]  # 0.99 is not in 0.999
+            assert any(re.search(f, text) for f in alone), f"{name} {flag}: default {value!r} not in {text!r}"
 
 
 def one_step(name, data_root, out, monkeypatch, memory_format, precision):

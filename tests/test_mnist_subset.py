@@ -34,6 +34,8 @@ def test_the_split_is_a_seeded_shuffle_in_idx_files_torchvision_reads(csv, tmp_p
     assert len(train) == 4000 and len(test) == 1000
     order = np.random.default_rng(0).permutation(5000)
     assert np.array_equal(train.data.numpy().reshape(4000, 784), rows[order[:4000], :784])
+    assert np.array_equal(train.targets.numpy(), rows[order[:4000], 784])  # each image keeps its label
+    assert np.array_equal(test.data.numpy().reshape(1000, 784), rows[order[4000:], :784])
     assert np.array_equal(test.targets.numpy(), rows[order[4000:], 784])
 
 

@@ -58,10 +58,17 @@ def argparse_namespace(**kw):
 
 
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_amp_trains_with_finite_float32_losses(name, mnist_root, tmp_path):
+def test_amp_trains_with_finite_float32_losses(name, mnist_root, tmp_path, monkeypatch):
     module = importlib.import_module(name)
     extra = ["--classes", "1,4"] if name == "dcgan_classwise" else []
     dtypes = set()  # what the convolutions and linear layers really computed in
+    loss_dtypes, real_add = set(), common.RunLog.add  # what the script handed the log, before its .float()
+
+    def add(self, images, step=None, **losses):
+        loss_dtypes.update(v.dtype for v in losses.values())
+        return real_add(self, images, step, **losses)
+
+    monkeypatch.setattr(common.RunLog, "add", add)
 
     def record(module, inputs, output):
         if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
@@ -76,6 +83,7 @@ def test_amp_trains_with_finite_float32_losses(name, mnist_root, tmp_path):
     finally:
         hook.remove()
     assert torch.bfloat16 in dtypes  # --amp really ran the forward passes in bfloat16
+    assert loss_dtypes == {torch.float32}  # and handed float32 outputs to float32 losses
     rows = common.read_log(tmp_path)
     losses = [v for r in rows for k, v in r.items() if k.startswith(("loss", "wasserstein", "penalty"))]
     assert len(rows) == 2 and losses and all(math.isfinite(v) for v in losses)
@@ -128,14 +136,23 @@ def test_penalty_of_the_real_critic_under_amp_matches_float32(norm):
     torch.testing.assert_close(fast, exact, rtol=BF16_RTOL, atol=0)
 
 
-def test_compiled_run_is_finite_and_saves_the_eager_modules_keys(mnist_root, tmp_path):
+def test_compiled_run_is_finite_and_saves_the_eager_modules_keys(mnist_root, tmp_path, monkeypatch):
     """dcgan, G and D both compiled (BatchNorm, D called twice before one backward); every script goes
     through the same Run.fast. One script only: a first compile takes 20-30 s on 2 cores."""
     name = "dcgan"
     module = importlib.import_module(name)
     common_args = ["--data_root", mnist_root, *TINY, *image_args(name), "--max_steps", "2"]
+    compiled_nets, real_compile = [], torch.compile
+
+    def counting_compile(model, *args, **kwargs):  # torch.compile itself, counted
+        compiled_nets.append(type(model).__name__)
+        return real_compile(model, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
     module.main([*common_args, "--out", str(tmp_path / "eager")])
+    assert compiled_nets == []
     module.main([*common_args, "--compile", "--out", str(tmp_path / "compiled")])
+    assert sorted(compiled_nets) == ["Discriminator", "Generator"]
     rows = common.read_log(tmp_path / "compiled")
     assert len(rows) == 2 and all(math.isfinite(v) for r in rows for v in r.values())
     eager = torch.load(tmp_path / "eager" / "checkpoint.pt", weights_only=False)
