@@ -106,9 +106,12 @@ def metric_table(head, rows):
     return table([head[i] for i in keep], [[row[i] for i in keep] for row in rows])
 
 
-def metric_cells(r):
+def metric_cells(r, keys=METRICS):
     m = r.get("metrics", {})
-    return [num(m.get(k), d) for k, (_, d) in METRICS.items()]
+    return [num(m.get(k), METRICS[k][1]) for k in keys]
+
+
+FRONT = [k for k in METRICS if k != "kid"]  # README's results leave KID to the pages and results.md
 
 
 # -- Selecting ----------------------------------------------------------------------------------------
@@ -198,14 +201,14 @@ def block_models(rs, base):
 def block_summary(rs, base):
     """README's results: each image model's newest defaults run at 8 and 30 minutes, and the newest
     public run of each public implementation that has a run of ours from the same day and machine."""
-    head = ["script", "minutes", *[h for h, _ in METRICS.values()], "G steps", "images/s", "date", "machine"]
+    head = ["script", "minutes", *[METRICS[k][0] for k in FRONT], "G steps", "images/s", "commit"]
     rows = []
     for script in SCRIPTS[1:]:
         for budget in (8, 30):
             r = current_run(rs, script, budget)
             if r:
-                rows.append([f"`{script}.py`", num(budget), *metric_cells(r), num(r.get("steps")),
-                             num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
+                rows.append([f"`{script}.py`", num(budget), *metric_cells(r, FRONT), num(r.get("steps")),
+                             num(r.get("images_per_s")), r.get("commit", "-")[:7]])  # fmt: skip
     pairs, seen = [], set()
     for p in newest_first([r for r in of(rs, "public") if measured(r) and day(r) == current_day(rs)]):
         ours = current_run(rs, ours_for(p), p.get("budget_min")) if ours_for(p) else None
@@ -213,9 +216,13 @@ def block_summary(rs, base):
             continue
         seen.add(p["script"])
         for r, who in ((ours, f"ours: `{ours['script']}.py`"), (p, p["script"])):
-            pairs.append([who, num(r.get("budget_min")), *metric_cells(r), num(r.get("steps")),
-                          num(r.get("images_per_s")), r["date"], machine(r)])  # fmt: skip
-    parts = [metric_table(head, rows)]
+            pairs.append([who, num(r.get("budget_min")), *metric_cells(r, FRONT), num(r.get("steps")),
+                          num(r.get("images_per_s")), r.get("commit", "-")[:7]])  # fmt: skip
+    on = current_day(rs)
+    parts = [
+        f"Every row: {on[0]}, {on[1]} (the commit is this collection's at the run).",
+        metric_table(head, rows),
+    ]
     if pairs:
         parts += ["Beside the public implementations, each pair from one day and machine:",
                   metric_table(["implementation", *head[1:]], pairs)]  # fmt: skip
@@ -578,13 +585,13 @@ def strip_runs(rs):
 
 def block_strip(rs, base):
     runs = strip_runs(rs)
-    machines = sorted({machine(r) for r in runs.values()})
-    each = len(machines) > 1  # one machine: said once; several: per row
+    days = sorted({day(r) for r in runs.values()})
+    each = len(days) > 1  # one day and machine: said once; several: per row
     rows = ", ".join(
-        f"{s} {r['budget_min']:g} min ({r['date']}{', ' + machine(r) if each else ''})"
+        f"{s} {r['budget_min']:g} min" + (f" ({r['date']}, {machine(r)})" if each else "")
         for s, r in runs.items()
     )
-    on = "" if each else f" on {machines[0]}" if machines else ""
+    on = "" if each else f" on {days[0][1]}, {days[0][0]}" if days else ""
     rel = "images/report/strip.png" if base.startswith("docs/") else f"{IMAGES}/strip.png"
     return (
         f"![samples, one row per model]({rel})\n\nThe last grid of each model's newest run with default "

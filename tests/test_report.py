@@ -93,6 +93,9 @@ def test_the_front_page_shows_measured_runs_of_one_day_and_machine_only():
         for figure in ("11.1", "12.5", "40.0", "80.8"):
             assert figure not in text, figure
     assert "90.9" in summary and summary.index("ours: `wgan.py`") < summary.index("PyTorch-GAN wgan.py")
+    # the day and machine said once, above the rows; each row names the commit that made it
+    assert summary.startswith("Every row: 2026-12-06, AMD EPYC, 2 cores") and "2026-12-06 |" not in summary
+    assert "| `dcgan.py` | 8 | 30.1 |" in summary and summary.count("| abc1234 |") == 4
     assert report.current_day(rs) == ("2026-12-06", "AMD EPYC, 2 cores")
     assert report.current_day(rs[3:5]) == ("2026-12-05", "AMD EPYC, 2 cores")  # transcribed: never current
     # a newer day that measured fewer scripts again does not take the front page
