@@ -5,9 +5,10 @@ Convolutional Generative Adversarial Networks", ICLR 2016. https://arxiv.org/abs
 
 The architecture guidelines of section 3, as the networks below build them:
 - G projects z (100 numbers from N(0, I), as the authors' Torch code draws them; the paper's
-  figure 1 draws z uniform: a departure, not measured) to a 4 x 4 map with a transposed convolution, then
-  transposed convolutions of kernel 4, stride 2, padding 1 halve the channels and double the size
-  up to --image_size; BatchNorm and ReLU after every layer but the output, which is tanh.
+  figure 1 draws z uniform: a departure, not measured) to a 4 x 4 map with a transposed
+  convolution, then transposed convolutions of kernel 4, stride 2, padding 1 halve the channels
+  and double the size up to --image_size; BatchNorm and ReLU after every layer but the output,
+  which is tanh.
 - D mirrors it: strided convolutions (no pooling), LeakyReLU 0.2, BatchNorm after every layer but
   the first, no fully connected layer; a last 4 x 4 convolution gives one logit.
 - --hidden_dim h is the width of G's last and D's first hidden layer; widths double toward 4 x 4:
