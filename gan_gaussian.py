@@ -76,12 +76,7 @@ def build_parser():
     p("--dims", type=common.positive_int, default=1, help="dimensions of the target Normal (default 1)")
     p("--mean", type=float, default=3.0, help="target mean, every dimension (default 3)")
     p("--std", type=common.positive_float, default=1.0, help="target standard deviation (default 1)")
-    p(
-        "--noise",
-        choices=("uniform", "normal"),
-        default="uniform",
-        help="z: uniform on [-1, 1] or N(0, 1) (default uniform)",
-    )
+    p("--noise", choices=("uniform", "normal"), default="uniform", help="U[-1,1] or N(0,1) (default uniform)")
     p(
         "--train_size",
         type=common.positive_int,
