@@ -14,6 +14,9 @@ The architecture guidelines of section 3, as the networks below build them:
 - --hidden_dim h is the width of G's last and D's first hidden layer; widths double toward 4 x 4:
   at 64 px G is 8h-4h-2h-h, so h = 128 is the paper's 1024-512-256-128 generator (figure 1).
 - Weights from N(0, 0.02); BatchNorm gains from N(1, 0.02), offsets 0.
+- A departure, from measurement: every image D sees, real and generated, in both steps, is shifted
+  by up to 1/8 of its side with probability 1/4 (--augment translation --augment_p 0.25; DiffAugment,
+  Zhao et al. 2020, arXiv:2006.10738; --augment none is the paper's D). Figures in docs/dcgan.md.
 
 The game is the original GAN's, on logits (BCE with logits), with the non-saturating G loss:
 
@@ -64,6 +67,8 @@ import common
 
 SCRIPT = "dcgan.py"
 SHAPE_FLAGS = ("dataset", "image_size", "zdim", "hidden_dim", "arch")
+# D's inputs, real and generated, shifted with probability 1/4 each: see the departure above
+AUGMENT = ("translation", 0.25, "a quarter of D's images shifted, measured in docs/dcgan.md")
 
 
 def build_parser():
@@ -71,7 +76,15 @@ def build_parser():
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     common.add_common_flags(
-        parser, "dcgan", lr=2e-4, batch=128, hidden_dim=64, critic_repeats=1, zdim=100, epochs=25
+        parser,
+        "dcgan",
+        lr=2e-4,
+        batch=128,
+        hidden_dim=64,
+        critic_repeats=1,
+        zdim=100,
+        epochs=25,
+        augment=AUGMENT,
     )
     p = parser.add_argument
     p(

@@ -325,3 +325,30 @@ def test_generate_recomputes_the_averages_batchnorm_statistics_whatever_the_chec
     )
     a, b = generate_with_other_statistics(dcgan.main, out / "checkpoint.pt", tmp_path, 4)
     assert a == b
+
+
+@pytest.mark.parametrize("flags, shifted", [((), "a quarter"), (("--augment", "none"), "none")])
+def test_by_default_a_quarter_of_the_real_images_d_sees_are_shifted(flags, shifted, mnist_root, tmp_path):
+    """The default (--augment translation --augment_p 0.25): a shifted image has a border row or column
+    of zeros (a resized real digit has none). Of 2 x 120 real images, each shifted with probability
+    1/4 (a draw of no shift, 1 in 81, leaves one as it was): some, well under half; with
+    --augment none, none."""
+    seen = []
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda m, inp: seen.append(inp[0].detach().clone()) if isinstance(m, dcgan.Discriminator) else None
+    )
+    argv = ["--data_root", mnist_root, "--out", str(tmp_path / "r"), "--no-quality", *SMALL]
+    try:
+        dcgan.main([*argv, "--batch", "120", "--max_steps", "2", *flags])
+    finally:
+        hook.remove()
+    assert len(seen) == 6  # each step: D(real), D(fake) in D's step, D(fake) in G's step
+    real = torch.cat(seen[0::3])[:, 0]
+    zero_rows = (real == 0).all(2)  # n x 32: rows that are all zeros
+    zero_cols = (real == 0).all(1)
+    edge = zero_rows[:, [0, -1]].any(1) | zero_cols[:, [0, -1]].any(1)
+    n = int(edge.sum())
+    if shifted == "none":
+        assert n == 0 and not (real == 0).flatten(1).all(1).any()
+    else:
+        assert 30 <= n <= 90, n  # 1/4 of 240 is 60
