@@ -7,7 +7,11 @@ by benchmarks/report.py, never typed by hand. A record says what ran (script, fl
 Fields (all but kind, date and machine may be missing from an old record):
     kind        "quality", "public", "throughput", "gaussian", "gpu_check", "sampling", ...
     script      our script name, or the public script's label ("PyTorch-GAN wgan_gp.py")
-    flags       the flags as one string, as passed on the command line ("" for the defaults)
+    flags       the flags as one string, as passed on the command line ("" for the defaults); when a
+                script's default changes, its older records spell out what they ran ("--augment none")
+    defaults_then  true on such a record that ran with no flags: the front page may still show it,
+                naming its flags
+    lever, kept, why, baseline_flags   a change tried against the defaults run of its day (levers.md)
     command     the whole command line that made the record
     commit      git commit of this repository when it ran (short hash, "+dirty" when uncommitted)
     date        YYYY-MM-DD

@@ -99,6 +99,17 @@ def flags(r):
     return f"`{r['flags']}`" if r.get("flags") else "defaults"
 
 
+def ran_defaults(r):
+    """A run with its commit's default flags: none given, or flags written out later (defaults_then) when
+    the script's defaults changed, so that `flags` says what ran in terms of today's defaults."""
+    return not r.get("flags") or bool(r.get("defaults_then"))
+
+
+def then(r):
+    """' (`FLAGS`)' after a script's name where its defaults changed since the run, else ''."""
+    return f" (`{r['flags']}`)" if r.get("flags") else ""
+
+
 def metric_table(head, rows):
     """table(), less the metric columns that no row has (older records carry no held-out FID)."""
     names = {h for h, _ in METRICS.values()}
@@ -137,7 +148,7 @@ def current_day(rs):
     newest of those. They show runs of that one day and machine only, never figures of other days
     side by side (machines differ 3-4x in speed from one day to the next); a day that measured some
     scripts again (longer runs, say) does not leave the others, or the public pairs, without a figure."""
-    runs = [r for r in of(rs, "quality") if measured(r) and not r.get("flags") and r.get("budget_min") == 8]
+    runs = [r for r in of(rs, "quality") if measured(r) and ran_defaults(r) and r.get("budget_min") == 8]
     shown = {}
     for r in runs:
         shown.setdefault(day(r), set()).add(r["script"])
@@ -155,9 +166,14 @@ def current_run(rs, script, budget):
 
 
 def defaults_run(rs, script, budget, on_day=None, flags_=""):
-    """The newest run of `script` with `flags_` (the defaults) at `budget` minutes, on `on_day` if given."""
+    """The newest run of `script` with `flags_` (the defaults: ran_defaults) at `budget` minutes, on
+    `on_day` if given."""
     for r in newest_first(of(rs, "quality", script)):
-        if r.get("flags", "") == flags_ and r.get("budget_min") == budget and on_day in (None, day(r)):
+        if (
+            (r.get("flags", "") == flags_ or not flags_ and ran_defaults(r))
+            and r.get("budget_min") == budget
+            and on_day in (None, day(r))
+        ):
             if r.get("lever") is None or flags_:
                 return r
     return None
@@ -183,7 +199,7 @@ def block_models(rs, base):
             figure = f"mean {num(m.get('mean'), 3)}, std {num(m.get('std'), 3)}" if r else "-"
         else:
             r = current_run(rs, script, 8)
-            figure = f"FID {num(r['metrics'].get('fid'))}" if r else "not measured"
+            figure = f"FID {num(r['metrics'].get('fid'))}{then(r)}" if r else "not measured"
         when = f"{r['date']}, {machine(r)}" if r else "-"
         doc = f"docs/{script}.md" if base == "README.md" else f"{script}.md"
         rows.append([f"[`{script}.py`]({doc})", paper, shows, figure, when])
@@ -207,20 +223,22 @@ def block_summary(rs, base):
         for budget in (8, 30):
             r = current_run(rs, script, budget)
             if r:
-                rows.append([f"`{script}.py`", num(budget), *metric_cells(r, FRONT), num(r.get("steps")),
-                             num(r.get("images_per_s")), r.get("commit", "-")[:7]])  # fmt: skip
+                cells = [*metric_cells(r, FRONT), num(r.get("steps")), num(r.get("images_per_s"))]
+                rows.append([f"`{script}.py`{then(r)}", num(budget), *cells, r.get("commit", "-")[:7]])
     pairs, seen = [], set()
     for p in newest_first([r for r in of(rs, "public") if measured(r) and day(r) == current_day(rs)]):
         ours = current_run(rs, ours_for(p), p.get("budget_min")) if ours_for(p) else None
         if ours is None or p["script"] in seen:
             continue
         seen.add(p["script"])
-        for r, who in ((ours, f"ours: `{ours['script']}.py`"), (p, p["script"])):
+        for r, who in ((ours, f"ours: `{ours['script']}.py`{then(ours)}"), (p, p["script"])):
             pairs.append([who, num(r.get("budget_min")), *metric_cells(r, FRONT), num(r.get("steps")),
                           num(r.get("images_per_s")), r.get("commit", "-")[:7]])  # fmt: skip
     on = current_day(rs)
+    changed = any("(`" in row[0] for row in rows + pairs)
     parts = [
-        f"Every row: {on[0]}, {on[1]} (the commit is this collection's at the run).",
+        f"Every row: {on[0]}, {on[1]} (the commit is this collection's at the run)."
+        + (" Flags after a name: that script's defaults at the run, changed since." if changed else ""),
         metric_table(head, rows),
     ]
     if pairs:
@@ -292,12 +310,14 @@ def block_results(rs, script, base):
             "Beside the public implementations (same protocol, same day and machine):",
             metric_table(head, pairs),
         ]
-    with_grid = [r for r in runs if r.get("grid") and not r.get("flags")]
+    with_grid = [r for r in runs if r.get("grid") and ran_defaults(r)]
     shown = next(iter([r for r in with_grid if measured(r)] + with_grid), None)
     if shown:  # the newest defaults run's samples (a measured one first): what the code of that commit makes
         path = shown["grid"].removeprefix("docs/") if base.startswith("docs/") else shown["grid"]
         parts.append(
-            f"![{script}, newest run with default flags]({path})\n\nThe newest run with default flags: "
+            f"![{script}, newest run with default flags]({path})\n\nThe newest run with default flags"
+            + (f" (its commit's: `{shown['flags']}`)" if shown.get("flags") else "")
+            + ": "
             f"{num(shown.get('budget_min'))} minutes, {shown['date']}, {machine(shown)}, "
             f"{provenance(shown)}, {shown.get('data', 'MNIST')}."
         )
@@ -575,7 +595,7 @@ def strip_runs(rs):
     for script in SCRIPTS[1:]:
         runs = [
             r for r in newest_first(of(rs, "quality", script))
-            if not r.get("flags") and r.get("grid") and measured(r) and day(r) == on
+            if ran_defaults(r) and r.get("grid") and measured(r) and day(r) == on
         ]  # fmt: skip
         runs.sort(key=lambda r: r.get("budget_min") != 8)  # stable: newest 8-minute run first
         if runs:
@@ -588,7 +608,7 @@ def block_strip(rs, base):
     days = sorted({day(r) for r in runs.values()})
     each = len(days) > 1  # one day and machine: said once; several: per row
     rows = ", ".join(
-        f"{s} {r['budget_min']:g} min" + (f" ({r['date']}, {machine(r)})" if each else "")
+        f"{s}{then(r)} {r['budget_min']:g} min" + (f" ({r['date']}, {machine(r)})" if each else "")
         for s, r in runs.items()
     )
     on = "" if each else f" on {days[0][1]}, {days[0][0]}" if days else ""

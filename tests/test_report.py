@@ -109,6 +109,29 @@ def test_the_front_page_shows_measured_runs_of_one_day_and_machine_only():
     assert report.current_day(later) == ("2026-12-08", "AMD EPYC, 2 cores")
 
 
+def test_a_run_whose_defaults_changed_since_stays_on_the_front_page_with_the_flags_it_ran_with():
+    """When a script's defaults change, its older records spell out what ran (flags "--augment none",
+    defaults_then): the front page, its public pair and the strip keep that day's run and name the
+    flags; a run given those flags by hand is not the defaults run."""
+    today = dict(commit="abc1234")
+    then = dict(record("quality", "dcgan", "2026-12-06", 30.1, **today), flags="--augment none")
+    rs = [
+        record("quality", "wgan", "2026-12-06", 50.2, **today),
+        dict(then, defaults_then=True, grid="docs/images/runs/dcgan_8min_chain_2026-12-08.png"),
+        record("public", "PyTorch-GAN dcgan.py", "2026-12-06", 80.8, **today),
+    ]
+    models, summary = report.block_models(rs, "README.md"), report.block_summary(rs, "README.md")
+    assert "FID 30.1 (`--augment none`)" in models
+    assert "| `dcgan.py` (`--augment none`) | 8 | 30.1 |" in summary and "changed since" in summary
+    assert "| ours: `dcgan.py` (`--augment none`) | 8 | 30.1 |" in summary and "80.8" in summary
+    assert "dcgan (`--augment none`) 8 min" in report.block_strip(rs, "README.md")
+    page = report.block_results(rs, "dcgan", "docs/dcgan.md")
+    assert "The newest run with default flags (its commit's: `--augment none`): 8 minutes" in page
+    by_hand = [rs[0], then, rs[2]]
+    models, summary = report.block_models(by_hand, "README.md"), report.block_summary(by_hand, "README.md")
+    assert "30.1" not in models + summary and "changed since" not in summary
+
+
 def test_a_lever_is_shown_beside_the_defaults_run_of_its_day():
     rs = [
         record("quality", "wgan", "2026-12-02", 108.5),
