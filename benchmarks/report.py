@@ -426,6 +426,7 @@ def block_kind(rs, kind, script, base):
         "note",
         "data",
         "rows",
+        "defaults_then",  # the flags say what ran; this only lets the front page keep such a run
     }
     skip |= {"trajectory", "script"} if script not in (None, "all") else {"trajectory"}
     fields = [k for k in dict.fromkeys(k for r in runs for k in r) if k not in skip]
