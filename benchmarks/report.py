@@ -218,11 +218,12 @@ def block_summary(rs, base):
     """README's results: each image model's newest defaults run at 8 and 30 minutes, and the newest
     public run of each public implementation that has a run of ours from the same day and machine."""
     head = ["script", "minutes", *[METRICS[k][0] for k in FRONT], "G steps", "images/s", "commit"]
-    rows = []
+    rows, changed = [], False  # changed: a row ran before its script's defaults changed
     for script in SCRIPTS[1:]:
         for budget in (8, 30):
             r = current_run(rs, script, budget)
             if r:
+                changed |= bool(r.get("flags"))
                 cells = [*metric_cells(r, FRONT), num(r.get("steps")), num(r.get("images_per_s"))]
                 rows.append([f"`{script}.py`{then(r)}", num(budget), *cells, r.get("commit", "-")[:7]])
     pairs, seen = [], set()
@@ -235,7 +236,6 @@ def block_summary(rs, base):
             pairs.append([who, num(r.get("budget_min")), *metric_cells(r, FRONT), num(r.get("steps")),
                           num(r.get("images_per_s")), r.get("commit", "-")[:7]])  # fmt: skip
     on = current_day(rs)
-    changed = any("(`" in row[0] for row in rows + pairs)
     parts = [
         f"Every row: {on[0]}, {on[1]} (the commit is this collection's at the run)."
         + (" Flags after a name: that script's defaults at the run, changed since." if changed else ""),
